@@ -1,0 +1,5 @@
+import sys
+
+from pam_vrf.cli import main
+
+sys.exit(main())

@@ -1,0 +1,114 @@
+"""A small eBPF instruction builder (just what the sock-create program needs).
+
+Instructions are plain values; jumps name a Label and assemble() resolves
+them, so program code reads like the assembly it stands for.
+"""
+
+import struct
+from typing import NamedTuple
+
+# Instruction classes, sizes, modes and operations (linux/bpf_common.h, linux/bpf.h).
+LDX, STX, ALU, JMP, ALU64 = 0x01, 0x03, 0x04, 0x05, 0x07
+W = 0x00                        # 32-bit memory access
+MEM = 0x60
+K, X = 0x00, 0x08               # immediate or register source
+MOV = 0xB0
+JEQ, JNE = 0x10, 0x50
+EXIT = 0x90
+
+R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10 = range(11)
+
+
+class Insn(NamedTuple):
+    code: int
+    dst: int = 0
+    src: int = 0
+    off: int = 0
+    imm: int = 0
+
+    def encode(self):
+        return struct.pack("<BBhi", self.code, (self.src << 4) | self.dst, self.off, self.imm)
+
+    @classmethod
+    def decode(cls, raw):
+        code, regs, off, imm = struct.unpack("<BBhi", raw)
+        return cls(code, regs & 0x0F, regs >> 4, off, imm)
+
+
+class Label(NamedTuple):
+    name: str
+
+
+class Jump(NamedTuple):
+    """A conditional jump to a Label, resolved by assemble()."""
+    op: int
+    dst: int
+    imm: int
+    label: str
+
+
+def _s32(value):
+    """An unsigned 32-bit constant as the signed immediate the encoding holds."""
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def mov_reg(dst, src):
+    return Insn(ALU64 | MOV | X, dst, src)
+
+
+def mov_imm(dst, value):
+    """dst = value (32-bit move: no sign extension of values >= 2**31)."""
+    return Insn(ALU | MOV | K, dst, 0, 0, _s32(value))
+
+
+def mov64_imm(dst, value):
+    return Insn(ALU64 | MOV | K, dst, 0, 0, _s32(value))
+
+
+def load_u32(dst, src, off):
+    return Insn(LDX | MEM | W, dst, src, off)
+
+
+def store_u32(dst, off, src):
+    return Insn(STX | MEM | W, dst, src, off)
+
+
+def jump_if_not(dst, value, label):
+    return Jump(JMP | JNE | K, dst, _s32(value), label)
+
+
+def exit_insn():
+    return Insn(JMP | EXIT)
+
+
+def ret(value):
+    """r0 = value; exit."""
+    return [mov64_imm(R0, value), exit_insn()]
+
+
+def assemble(items):
+    """Labels and instructions -> the bytes bpf(BPF_PROG_LOAD) takes."""
+    where, count = {}, 0
+    for item in items:
+        if isinstance(item, Label):
+            if item.name in where:
+                raise ValueError(f"label {item.name} defined twice")
+            where[item.name] = count
+        else:
+            count += 1
+    out, pc = [], 0
+    for item in items:
+        if isinstance(item, Label):
+            continue
+        if isinstance(item, Jump):
+            if item.label not in where:
+                raise ValueError(f"jump to undefined label {item.label}")
+            item = Insn(item.op, item.dst, 0, where[item.label] - pc - 1, item.imm)
+        out.append(item.encode())
+        pc += 1
+    return b"".join(out)
+
+
+def disassemble(raw):
+    return [Insn.decode(raw[i:i + 8]) for i in range(0, len(raw) - len(raw) % 8, 8)]

@@ -1,0 +1,73 @@
+"""Attach, query and detach the sock-create program on a cgroup directory.
+
+Attach semantics: flags 0 (no override, no multi), exactly as iproute2's
+`ip vrf exec` does. On one cgroup that means:
+  * attaching again replaces the program, so there is never more than one,
+    whether the previous one was ours or iproute2's;
+  * `ip vrf exec NAME` meeting our cgroup replaces ours in turn, instead
+    of failing with EPERM as it would against a MULTI attachment;
+  * sub-cgroups cannot attach sock-create programs of their own, which the
+    iproute2 layout never needs (VRF cgroups are siblings under .../vrf/).
+"""
+
+import errno
+import os
+from contextlib import contextmanager
+from typing import NamedTuple
+
+from pam_vrf.bpf import syscall
+from pam_vrf.bpf.syscall import BpfError, CGROUP_INET_SOCK_CREATE
+
+
+class Attached(NamedTuple):
+    prog_id: int
+    flags: int
+
+
+@contextmanager
+def _cgroup_fd(path):
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise BpfError(e.errno, f"cannot open cgroup {path}: {e.strerror}") from None
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def attach(path, prog_fd):
+    """Make `prog_fd` the one sock-create program of cgroup `path`."""
+    with _cgroup_fd(path) as fd:
+        try:
+            syscall.prog_attach(fd, prog_fd, CGROUP_INET_SOCK_CREATE, 0)
+        except BpfError as e:
+            if e.errno == errno.EPERM:
+                raise BpfError(e.errno, f"cannot attach to {path}: not permitted (needs CAP_NET_ADMIN, "
+                               "and no parent cgroup may hold a non-multi sock-create program)") from None
+            raise BpfError(e.errno, f"cannot attach to {path}: {e.strerror}") from None
+
+
+def query(path):
+    """Programs attached to `path` itself (not inherited), with their flags."""
+    with _cgroup_fd(path) as fd:
+        flags, ids = syscall.prog_query(fd, CGROUP_INET_SOCK_CREATE)
+    return [Attached(i, flags) for i in ids]
+
+
+def effective(path):
+    """Ids of the sock-create programs that run for sockets created in `path`."""
+    with _cgroup_fd(path) as fd:
+        return syscall.prog_query(fd, CGROUP_INET_SOCK_CREATE, effective=True)[1]
+
+
+def detach(path):
+    """Remove the program from `path`; True if there was one."""
+    with _cgroup_fd(path) as fd:
+        try:
+            syscall.prog_detach(fd, CGROUP_INET_SOCK_CREATE)
+        except BpfError as e:
+            if e.errno == errno.ENOENT:
+                return False
+            raise
+    return True

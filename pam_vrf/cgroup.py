@@ -1,0 +1,210 @@
+"""cgroup v2 places for VRFs, in iproute2's layout:
+
+    <cgroup2 mount><caller's cgroup, cut at /vrf>[/<netns>-ns]/vrf/NAME
+
+The default VRF is <...>/vrf/ itself and carries no program. `ip vrf
+identify`, `ip vrf pids` and `ip vrf exec` use the same layout, so both
+tools see and respect each other's placements. Stdlib only.
+"""
+
+import ctypes
+import errno
+import os
+
+# Where iproute2 mounts a cgroup2 file system when the host has none.
+FALLBACK_MOUNT = "/var/run/cgroup2"
+NETNS_DIR = "/var/run/netns"
+VRF_DIR = "vrf"
+DEFAULT_VRF = "default"
+
+
+class CgroupError(Exception):
+    pass
+
+
+def _unescape(field):
+    """mountinfo escapes space, tab, newline and backslash as octal."""
+    return (field.replace("\\040", " ").replace("\\011", "\t")
+            .replace("\\012", "\n").replace("\\134", "\\"))
+
+
+def find_mount(mountinfo="/proc/self/mountinfo"):
+    """(mount point, root within the hierarchy) of the first cgroup2 mount, or None."""
+    with open(mountinfo) as f:
+        for line in f:
+            fields = line.split()
+            try:
+                dash = fields.index("-")
+            except ValueError:
+                continue
+            if dash + 1 < len(fields) and fields[dash + 1] == "cgroup2":
+                return _unescape(fields[4]), _unescape(fields[3])
+    return None
+
+
+def mount_point(create=False):
+    """The cgroup2 mount point; with create, mount one at FALLBACK_MOUNT if there is none."""
+    found = find_mount()
+    if found:
+        return found[0]
+    if not create:
+        raise CgroupError("no cgroup2 file system is mounted "
+                          f"(pam-vrf mounts one at {FALLBACK_MOUNT} when run as root)")
+    os.makedirs(FALLBACK_MOUNT, 0o755, exist_ok=True)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(b"none", FALLBACK_MOUNT.encode(), b"cgroup2", 0, None) != 0:
+        err = ctypes.get_errno()
+        raise CgroupError(f"cannot mount cgroup2 at {FALLBACK_MOUNT}: {os.strerror(err)}")
+    return FALLBACK_MOUNT
+
+
+def cgroup_of(pid="self"):
+    """The cgroup v2 path of a process, as /proc/PID/cgroup shows it ('0::/...')."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            for line in f:
+                if line.startswith("0::"):
+                    return line[3:].rstrip("\n")
+    except FileNotFoundError:
+        raise CgroupError(f"no process {pid}") from None
+    except OSError as e:
+        raise CgroupError(f"cannot read /proc/{pid}/cgroup: {e.strerror}") from None
+    raise CgroupError(f"process {pid} has no cgroup v2 membership (no '0::' line in /proc/{pid}/cgroup)")
+
+
+def base_of(cgroup):
+    """The part of a cgroup path above its VRF level ('' for the root)."""
+    cut = cgroup.find("/vrf/")
+    if cut < 0 and cgroup.endswith("/vrf"):
+        cut = len(cgroup) - 4
+    if cut >= 0:
+        cgroup = cgroup[:cut]
+    return "" if cgroup == "/" else cgroup.rstrip("/")
+
+
+def vrf_of(cgroup):
+    """The VRF name a cgroup path stands for: 'NAME', '' for the default VRF
+    directory itself, None when the path is not inside a VRF level."""
+    cut = cgroup.find("/vrf/")
+    if cut < 0:
+        return None
+    return cgroup[cut + 5:]
+
+
+def netns_name(pid="self"):
+    """The name of the process's network namespace as `ip netns` knows it, or ''."""
+    try:
+        own = os.stat(f"/proc/{pid}/ns/net")
+        names = sorted(os.listdir(NETNS_DIR))
+    except OSError:
+        return ""
+    for name in names:
+        try:
+            st = os.stat(os.path.join(NETNS_DIR, name))
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino):
+            return name
+    return ""
+
+
+def vrf_path(vrf, pid="self", mount=None):
+    """The cgroup directory that places process `pid` into `vrf` (iproute2's rule).
+
+    `vrf` is a device name or 'default'. Computed from the process's own
+    cgroup, so a logind session scope stays the parent of its VRF cgroup.
+    """
+    if mount is None:
+        mount = mount_point()
+    found = find_mount()
+    root = found[1] if found and found[0] == mount else "/"
+    base = base_of(cgroup_of(pid))
+    if root != "/" and (base + "/").startswith(root.rstrip("/") + "/"):
+        base = base[len(root.rstrip("/")):]
+    netns = netns_name(pid)
+    if netns:
+        suffix = netns + "-ns"
+        if base.rsplit("/", 1)[-1] == suffix:
+            base = base[: -len(suffix) - 1]
+        base = f"{base}/{suffix}"
+    name = "" if vrf == DEFAULT_VRF else vrf
+    return f"{mount.rstrip('/')}{base}/{VRF_DIR}/{name}"
+
+
+def ensure(path):
+    """Create a cgroup directory (and its parents) if missing."""
+    try:
+        os.makedirs(path, 0o755, exist_ok=True)
+    except OSError as e:
+        raise CgroupError(f"cannot create cgroup {path}: {e.strerror}") from None
+
+
+def move(pid, path):
+    """Move process `pid` (and so its future children) into cgroup `path`."""
+    try:
+        with open(os.path.join(path, "cgroup.procs"), "w") as f:
+            f.write(str(pid))
+    except OSError as e:
+        hint = {errno.ESRCH: "no such process",
+                errno.EBUSY: "the cgroup has controllers enabled for its children",
+                errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+                errno.ENOENT: "no such cgroup"}.get(e.errno, e.strerror)
+        raise CgroupError(f"cannot move process {pid} into {path}: {hint}") from None
+
+
+def identify(pid="self"):
+    """The VRF of a process exactly as `ip vrf identify` prints it ('' = none/default)."""
+    return vrf_of(cgroup_of(pid)) or ""
+
+
+def members(path):
+    """Pids in cgroup `path` (not its children)."""
+    try:
+        with open(os.path.join(path, "cgroup.procs")) as f:
+            return [int(line) for line in f if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def vrf_dirs(mount=None, netns=None):
+    """Yield (directory, vrf name) for every VRF cgroup below the mount
+    ('' for a default-VRF directory). Like `ip vrf pids`, inside a named
+    network namespace only its own '<name>-ns/vrf' levels count."""
+    if mount is None:
+        mount = mount_point()
+    if netns is None:
+        netns = netns_name()
+    stack = [mount]
+    while stack:
+        here = stack.pop()
+        try:
+            entries = sorted(os.scandir(here), key=lambda e: e.name, reverse=True)
+        except OSError:
+            continue
+        for entry in entries:
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            if entry.name != VRF_DIR:
+                stack.append(entry.path)
+                continue
+            if netns and os.path.basename(here) != netns + "-ns":
+                continue
+            yield entry.path, ""
+            try:
+                children = sorted(e for e in os.listdir(entry.path)
+                                  if os.path.isdir(os.path.join(entry.path, e)))
+            except OSError:
+                continue
+            for child in children:
+                yield os.path.join(entry.path, child), child
+
+
+def remove_if_empty(path):
+    """Remove a VRF cgroup that no process uses any more; True if removed."""
+    try:
+        os.rmdir(path)
+        return True
+    except OSError as e:
+        if e.errno in (errno.EBUSY, errno.ENOTEMPTY, errno.ENOENT):
+            return False
+        raise CgroupError(f"cannot remove cgroup {path}: {e.strerror}") from None

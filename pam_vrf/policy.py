@@ -1,0 +1,262 @@
+"""vrf.conf: parse the rules and decide which VRF a login belongs to.
+
+Format (one rule a line, first matching line wins, '#' starts a comment):
+
+    # who          target    options
+    alice          mgmt
+    @netops        mgmt      services=sshd,login
+    @contractors   mgmt      deny=inet6,raw strict
+    root           -
+    *              default
+
+Stdlib only and cheap to import: this runs on every login.
+"""
+
+import grp
+import os
+import pwd
+import re
+from typing import NamedTuple
+
+from pam_vrf.netdev import check_ifname
+from pam_vrf.sockspec import parse_deny
+
+DEFAULT_CONFIG = "/etc/security/vrf.conf"
+
+# Targets with a meaning of their own; everything else names a VRF device.
+DEFAULT_VRF = "default"
+LEAVE_ALONE = "-"
+
+_NUMBER = re.compile(r"^(0x[0-9a-fA-F]+|[0-9]+)$")
+_U32_MAX = 0xFFFFFFFF
+_FLAGS = ("strict", "plain")
+_VALUED = ("services", "deny", "mark", "priority")
+
+
+class ConfigError(Exception):
+    """A vrf.conf problem, always tied to FILE:LINE (line 0: the file itself)."""
+
+    def __init__(self, filename, line, message):
+        super().__init__(f"{filename}:{line}: {message}")
+        self.filename = filename
+        self.line = line
+        self.message = message
+
+
+class Rule(NamedTuple):
+    who: str                 # user name, "@group" or "*"
+    target: str              # VRF/device name, DEFAULT_VRF or LEAVE_ALONE
+    services: frozenset      # empty: every PAM service
+    deny: tuple              # sockspec.DenyItem, in file order
+    mark: object             # int or None
+    priority: object         # int or None
+    strict: bool             # a placement failure refuses the session
+    plain: bool              # target is an ordinary interface, not a VRF
+    filename: str
+    line: int
+
+    @property
+    def where(self):
+        return f"{self.filename}:{self.line}"
+
+    @property
+    def places(self):
+        """True when the rule puts the session into a VRF cgroup with a program."""
+        return self.target not in (DEFAULT_VRF, LEAVE_ALONE)
+
+    def options_text(self):
+        """The options as they would be written in vrf.conf (normalised)."""
+        words = []
+        if self.services:
+            words.append("services=" + ",".join(sorted(self.services)))
+        if self.deny:
+            words.append("deny=" + ",".join(item.text for item in self.deny))
+        if self.mark is not None:
+            words.append(f"mark={self.mark}")
+        if self.priority is not None:
+            words.append(f"priority={self.priority}")
+        words += [flag for flag in _FLAGS if getattr(self, flag)]
+        return " ".join(words)
+
+
+def load(path=DEFAULT_CONFIG):
+    """Read and parse a vrf.conf; every failure is a ConfigError."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ConfigError(path, 0, f"cannot read: {e.strerror or e}") from None
+    return parse(data, path)
+
+
+def parse(data, filename="<string>"):
+    """Parse vrf.conf text (str or bytes) into a tuple of Rules."""
+    if isinstance(data, bytes):
+        data = _decode(data, filename)
+    rules = []
+    for number, raw in enumerate(data.split("\n"), start=1):
+        rule = _parse_line(raw, filename, number)
+        if rule is not None:
+            rules.append(rule)
+    return tuple(rules)
+
+
+def _decode(data, filename):
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ConfigError(filename, line, "not valid UTF-8") from None
+
+
+def _parse_line(raw, filename, number):
+    def fail(message):
+        raise ConfigError(filename, number, message)
+
+    if "\x00" in raw:
+        fail("NUL character")
+    text = raw.split("#", 1)[0]
+    words = text.split()
+    if not words:
+        return None
+    if len(words) < 2:
+        fail(f"'{words[0]}' has no target: expected 'WHO TARGET [OPTIONS]'")
+
+    who, target, options = words[0], words[1], words[2:]
+    _check_who(who, fail)
+    if target not in (DEFAULT_VRF, LEAVE_ALONE):
+        problem = check_ifname(target)
+        if problem:
+            fail(f"bad target '{target}': {problem} (or use 'default' or '-')")
+
+    seen = {}
+    for word in options:
+        key, eq, value = word.partition("=")
+        if key in _FLAGS and not eq:
+            value = True
+        elif key in _VALUED and eq:
+            if not value:
+                fail(f"option '{key}=' has an empty value")
+        elif key in _FLAGS or key in _VALUED:
+            fail(f"option '{key}' " + ("takes no value" if eq else "needs a value: " + key + "=..."))
+        else:
+            fail(f"unknown option '{word}' (known: {', '.join(_VALUED + _FLAGS)})")
+        if key in seen:
+            fail(f"option '{key}' given twice")
+        seen[key] = value
+
+    services = frozenset()
+    if "services" in seen:
+        services = frozenset(s for s in seen["services"].split(","))
+        if "" in services:
+            fail("empty name in services= list")
+    deny = ()
+    if "deny" in seen:
+        try:
+            deny = parse_deny(seen["deny"])
+        except ValueError as e:
+            fail(f"bad deny= list: {e}")
+    mark = _u32(seen, "mark", fail)
+    priority = _u32(seen, "priority", fail)
+
+    vrf_only = [k for k in ("deny", "mark", "priority", "plain") if k in seen]
+    if target == LEAVE_ALONE and (vrf_only or "strict" in seen):
+        fail(f"target '-' leaves the session alone: option '{(vrf_only or ['strict'])[0]}' makes no sense")
+    if target == DEFAULT_VRF and vrf_only:
+        fail(f"option '{vrf_only[0]}' needs a VRF target, not 'default' (the default VRF carries no program)")
+
+    return Rule(who, target, services, deny, mark, priority,
+                "strict" in seen, "plain" in seen, filename, number)
+
+
+def _check_who(who, fail):
+    if who == "*":
+        return
+    name = who[1:] if who.startswith("@") else who
+    if not name:
+        fail("'@' needs a group name")
+    if name.startswith("@") or "*" in name or ":" in name or "," in name:
+        fail(f"bad user or group '{who}': expected USER, @GROUP or *")
+
+
+def _u32(seen, key, fail):
+    if key not in seen:
+        return None
+    value = seen[key]
+    if not _NUMBER.match(value):
+        fail(f"{key}= needs a number, got '{value}'")
+    number = int(value, 0)
+    if number > _U32_MAX:
+        fail(f"{key}={value} is larger than 32 bits")
+    return number
+
+
+class Account(NamedTuple):
+    """Who is logging in, as NSS knows them."""
+    user: str
+    gids: frozenset
+
+
+def account(user):
+    """Look up a user's primary and supplementary groups through NSS.
+
+    An unknown user gets no groups: only name and '*' rules can match them.
+    """
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        return Account(user, frozenset())
+    try:
+        gids = os.getgrouplist(user, pw.pw_gid)
+    except OSError:
+        gids = [pw.pw_gid]
+    return Account(user, frozenset(gids))
+
+
+class GroupNames:
+    """Resolves '@group' names to gids, each name at most once per decision.
+
+    With many distinct groups in the rules, one enumeration of the group
+    database is cheaper than a lookup per name (each is a scan of
+    /etc/group with the files backend); names the enumeration does not
+    show (SSSD/LDAP without enumerate) are still looked up one by one.
+    """
+
+    ENUMERATE_ABOVE = 32
+
+    def __init__(self, distinct_names):
+        self._gids = {}
+        if distinct_names > self.ENUMERATE_ABOVE:
+            for entry in grp.getgrall():
+                self._gids.setdefault(entry.gr_name, entry.gr_gid)
+
+    def gid(self, name):
+        if name not in self._gids:
+            try:
+                self._gids[name] = grp.getgrnam(name).gr_gid
+            except KeyError:
+                self._gids[name] = None
+        return self._gids[name]
+
+
+def decide(rules, who, service=None):
+    """The first rule that matches the account and PAM service, or None.
+
+    `who` is an Account (see account()) or a user name. None means no line
+    matched: the session is left alone, as with target '-'.
+    """
+    if isinstance(who, str):
+        who = account(who)
+    groups = None
+    for rule in rules:
+        if rule.services and service not in rule.services:
+            continue
+        if rule.who == "*" or rule.who == who.user:
+            return rule
+        if rule.who.startswith("@"):
+            if groups is None:
+                groups = GroupNames(len({r.who for r in rules if r.who.startswith("@")}))
+            gid = groups.gid(rule.who[1:])
+            if gid is not None and gid in who.gids:
+                return rule
+    return None

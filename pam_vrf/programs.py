@@ -1,0 +1,48 @@
+"""From a vrf.conf rule to a sock-create program on a VRF cgroup.
+
+Shared by the `pam-vrf` CLI, the session code and the helper; needs
+CAP_BPF + CAP_NET_ADMIN to load and attach (root or the helper).
+"""
+
+import os
+
+from pam_vrf.bpf import cgroup_link, sockprog, syscall
+
+
+def settings_for(rule, ifindex):
+    """The program settings a matched rule asks for, bound to `ifindex`."""
+    return sockprog.Settings(
+        ifindex=ifindex,
+        deny=tuple((d.family, d.type, d.protocol) for d in rule.deny),
+        mark=rule.mark,
+        priority=rule.priority,
+    )
+
+
+def load(settings):
+    """Load the program for `settings`; returns its fd (close it when done)."""
+    return syscall.prog_load(sockprog.build(settings), name=sockprog.PROG_NAME)
+
+
+def attach(cgroup_dir, settings=None, prog_fd=None):
+    """Attach a program (given, or loaded for `settings`) to `cgroup_dir`,
+    replacing whatever sock-create program was there. Returns the program id."""
+    own_fd = prog_fd is None
+    if own_fd:
+        prog_fd = load(settings)
+    try:
+        cgroup_link.attach(cgroup_dir, prog_fd)
+        return syscall.prog_info(prog_fd).id
+    finally:
+        if own_fd:
+            os.close(prog_fd)
+
+
+def read_back(prog_id):
+    """(ProgInfo, Settings or None) for an attached program; root only."""
+    fd = syscall.prog_get_fd_by_id(prog_id)
+    try:
+        info = syscall.prog_info(fd)
+    finally:
+        os.close(fd)
+    return info, sockprog.describe(info.xlated)

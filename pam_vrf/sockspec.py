@@ -1,0 +1,63 @@
+"""The deny= items of vrf.conf: which socket() calls a VRF program refuses.
+
+An item is a family, a type or FAMILY:TYPE[:PROTO]; names or numbers.
+The sock-create program only ever sees AF_INET and AF_INET6 sockets.
+"""
+
+import socket
+from typing import NamedTuple
+
+FAMILIES = {"inet": socket.AF_INET, "inet6": socket.AF_INET6}
+TYPES = {"stream": socket.SOCK_STREAM, "dgram": socket.SOCK_DGRAM,
+         "raw": socket.SOCK_RAW, "seqpacket": socket.SOCK_SEQPACKET}
+PROTOCOLS = {"ip": 0, "icmp": 1, "tcp": 6, "udp": 17, "ipv6": 41,
+             "icmpv6": 58, "sctp": 132, "udplite": 136, "mptcp": 262}
+ANY = "*"
+
+
+class DenyItem(NamedTuple):
+    family: object    # int or None (any)
+    type: object
+    protocol: object
+    text: str         # as written, for messages and `status`
+
+
+def parse_deny(text):
+    """Parse 'inet6,raw,inet:dgram:udp' into DenyItems; ValueError on nonsense."""
+    items = []
+    for word in text.split(","):
+        if not word:
+            raise ValueError("empty item")
+        items.append(parse_item(word))
+    return tuple(items)
+
+
+def parse_item(word):
+    if word in FAMILIES:
+        return DenyItem(FAMILIES[word], None, None, word)
+    if word in TYPES:
+        return DenyItem(None, TYPES[word], None, word)
+    parts = word.split(":")
+    if len(parts) not in (2, 3):
+        raise ValueError(f"'{word}': expected inet, inet6, raw, dgram, stream or FAMILY:TYPE[:PROTO]")
+    family = _field(parts[0], FAMILIES, 255, "family", word)
+    kind = _field(parts[1], TYPES, 15, "type", word)
+    protocol = _field(parts[2], PROTOCOLS, 65535, "protocol", word) if len(parts) == 3 else None
+    if family is not None and family not in FAMILIES.values():
+        raise ValueError(f"'{word}': only inet and inet6 sockets pass through the VRF program")
+    if family is None and kind is None and protocol is None:
+        raise ValueError(f"'{word}' would refuse every socket: deny inet,inet6 if that is meant")
+    return DenyItem(family, kind, protocol, word)
+
+
+def _field(value, names, largest, what, word):
+    if value == ANY:
+        return None
+    if value in names:
+        return names[value]
+    if value.isdigit() and value.isascii():
+        number = int(value)
+        if number <= largest:
+            return number
+        raise ValueError(f"'{word}': {what} {number} is out of range (0-{largest})")
+    raise ValueError(f"'{word}': unknown {what} '{value}' (known: {', '.join(names)} or a number)")
