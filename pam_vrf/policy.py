@@ -185,10 +185,13 @@ def _u32(seen, key, fail):
     value = seen[key]
     if not _NUMBER.match(value):
         fail(f"{key}= needs a number, got '{value}'")
-    number = int(value, 0)
-    if number > _U32_MAX:
+    # int(value, 0) refuses leading zeros ('010') and int() refuses more than
+    # sys.get_int_max_str_digits() digits: both must be a ConfigError, not a ValueError.
+    digits, base = (value[2:], 16) if value.startswith("0x") else (value, 10)
+    digits = digits.lstrip("0") or "0"
+    if len(digits) > 10 or int(digits, base) > _U32_MAX:
         fail(f"{key}={value} is larger than 32 bits")
-    return number
+    return int(digits, base)
 
 
 class Account(NamedTuple):

@@ -56,8 +56,8 @@ def _field(value, names, largest, what, word):
     if value in names:
         return names[value]
     if value.isdigit() and value.isascii():
-        number = int(value)
-        if number <= largest:
-            return number
-        raise ValueError(f"'{word}': {what} {number} is out of range (0-{largest})")
+        digits = value.lstrip("0") or "0"   # int() refuses more than 4300 digits
+        if len(digits) <= len(str(largest)) and int(digits) <= largest:
+            return int(digits)
+        raise ValueError(f"'{word}': {what} {digits} is out of range (0-{largest})")
     raise ValueError(f"'{word}': unknown {what} '{value}' (known: {', '.join(names)} or a number)")
