@@ -108,27 +108,46 @@ def netns_name(pid="self"):
     return ""
 
 
-def vrf_path(vrf, pid="self", mount=None):
-    """The cgroup directory that places process `pid` into `vrf` (iproute2's rule).
+def vrf_cgroup(vrf, pid="self", netns=None):
+    """The cgroup (a path in the hierarchy, as /proc/PID/cgroup shows it) that
+    places process `pid` into `vrf` by iproute2's rule.
 
     `vrf` is a device name or 'default'. Computed from the process's own
     cgroup, so a logind session scope stays the parent of its VRF cgroup.
+    `netns` overrides the name of the process's network namespace.
     """
-    if mount is None:
-        mount = mount_point()
-    found = find_mount()
-    root = found[1] if found and found[0] == mount else "/"
     base = base_of(cgroup_of(pid))
-    if root != "/" and (base + "/").startswith(root.rstrip("/") + "/"):
-        base = base[len(root.rstrip("/")):]
-    netns = netns_name(pid)
+    if netns is None:
+        netns = netns_name(pid)
     if netns:
         suffix = netns + "-ns"
         if base.rsplit("/", 1)[-1] == suffix:
             base = base[: -len(suffix) - 1]
         base = f"{base}/{suffix}"
     name = "" if vrf == DEFAULT_VRF else vrf
-    return f"{mount.rstrip('/')}{base}/{VRF_DIR}/{name}"
+    return f"{base}/{VRF_DIR}/{name}"
+
+
+def fs_path(cgroup, mount=None):
+    """Where a hierarchy path is in this mount namespace's cgroup2 mount.
+
+    Paths travel between processes (the PAM hook, the helper) in hierarchy
+    form: the two may see the cgroup2 file system mounted in different places.
+    """
+    found = find_mount()
+    if mount is None:
+        mount = mount_point()
+    root = found[1] if found and found[0] == mount else "/"
+    if root != "/":
+        if not (cgroup + "/").startswith(root.rstrip("/") + "/"):
+            raise CgroupError(f"cgroup {cgroup} is outside this namespace's cgroup2 mount ({root})")
+        cgroup = cgroup[len(root.rstrip("/")):]
+    return mount.rstrip("/") + cgroup
+
+
+def vrf_path(vrf, pid="self", mount=None, netns=None):
+    """vrf_cgroup() as a directory under the cgroup2 mount."""
+    return fs_path(vrf_cgroup(vrf, pid, netns), mount)
 
 
 def ensure(path):
@@ -200,11 +219,12 @@ def vrf_dirs(mount=None, netns=None):
 
 
 def remove_if_empty(path):
-    """Remove a VRF cgroup that no process uses any more; True if removed."""
+    """Remove a VRF cgroup no process uses any more; True if removed.
+
+    Best effort by design: a busy, vanished or protected directory stays.
+    """
     try:
         os.rmdir(path)
         return True
-    except OSError as e:
-        if e.errno in (errno.EBUSY, errno.ENOTEMPTY, errno.ENOENT):
-            return False
-        raise CgroupError(f"cannot remove cgroup {path}: {e.strerror}") from None
+    except OSError:
+        return False

@@ -9,6 +9,10 @@ Format (one rule a line, first matching line wins, '#' starts a comment):
     root           -
     *              default
 
+Options: services=LIST (PAM services the line applies to), deny=ITEMS,
+mark=N, priority=N, strict, plain, exec=VRFS (what `pam-vrf exec` may
+enter). See vrf.conf(5) in doc/.
+
 Stdlib only and cheap to import: this runs on every login.
 """
 
@@ -30,7 +34,7 @@ LEAVE_ALONE = "-"
 _NUMBER = re.compile(r"^(0x[0-9a-fA-F]+|[0-9]+)$")
 _U32_MAX = 0xFFFFFFFF
 _FLAGS = ("strict", "plain")
-_VALUED = ("services", "deny", "mark", "priority")
+_VALUED = ("services", "deny", "mark", "priority", "exec")
 
 
 class ConfigError(Exception):
@@ -52,6 +56,7 @@ class Rule(NamedTuple):
     priority: object         # int or None
     strict: bool             # a placement failure refuses the session
     plain: bool              # target is an ordinary interface, not a VRF
+    exec: frozenset          # VRFs `pam-vrf exec` may enter without sudo
     filename: str
     line: int
 
@@ -75,6 +80,8 @@ class Rule(NamedTuple):
             words.append(f"mark={self.mark}")
         if self.priority is not None:
             words.append(f"priority={self.priority}")
+        if self.exec:
+            words.append("exec=" + ",".join(sorted(self.exec)))
         words += [flag for flag in _FLAGS if getattr(self, flag)]
         return " ".join(words)
 
@@ -156,6 +163,13 @@ def _parse_line(raw, filename, number):
             deny = parse_deny(seen["deny"])
         except ValueError as e:
             fail(f"bad deny= list: {e}")
+    exec_vrfs = frozenset()
+    if "exec" in seen:
+        exec_vrfs = frozenset(seen["exec"].split(","))
+        for name in exec_vrfs:
+            problem = check_ifname(name) if name != DEFAULT_VRF else None
+            if problem:
+                fail(f"bad VRF '{name}' in exec= list: {problem}")
     mark = _u32(seen, "mark", fail)
     priority = _u32(seen, "priority", fail)
 
@@ -166,7 +180,7 @@ def _parse_line(raw, filename, number):
         fail(f"option '{vrf_only[0]}' needs a VRF target, not 'default' (the default VRF carries no program)")
 
     return Rule(who, target, services, deny, mark, priority,
-                "strict" in seen, "plain" in seen, filename, number)
+                "strict" in seen, "plain" in seen, exec_vrfs, filename, number)
 
 
 def _check_who(who, fail):
