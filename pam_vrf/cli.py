@@ -8,7 +8,7 @@ import argparse
 import os
 import sys
 
-from pam_vrf import cgroup, netdev, policy
+from pam_vrf import cgroup, netdev, policy, protocol
 from pam_vrf.bpf.syscall import BpfError
 from pam_vrf.sockspec import FAMILIES, PROTOCOLS, TYPES
 
@@ -144,6 +144,61 @@ def cmd_status(args):
     return status
 
 
+def cmd_pam_exec(args):
+    """Entry for pam_exec: PAM_TYPE/PAM_USER/PAM_SERVICE come in the environment;
+    the PAM caller is our parent. Exit 0 lets the session proceed, 1 refuses."""
+    from pam_vrf import session
+    if os.environ.get("PAM_TYPE") != "open_session":
+        return 0
+    options = session.parse_options(args.options)
+    verdict = session.open_session(os.environ.get("PAM_USER", ""), os.environ.get("PAM_SERVICE"),
+                                   os.getppid(), options)
+    return 0 if verdict == session.PROCEED else 1
+
+
+def cmd_exec(args):
+    """Run a command in a VRF. Root places itself (as `ip vrf exec` does);
+    other users ask the helper, which checks vrf.conf's exec= permission."""
+    from pam_vrf import client
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        _err("no command given: pam-vrf exec VRF -- COMMAND [ARGS...]")
+        return 2
+    if args.vrf != policy.DEFAULT_VRF:
+        problem = netdev.check_ifname(args.vrf)
+        if problem:
+            _err(f"invalid VRF name '{args.vrf}': {problem}")
+            return 1
+    try:
+        if os.getuid() == 0 and not args.via_helper:
+            _place_self(args.vrf, args.plain)
+        else:
+            client.call({"op": "place", "vrf": args.vrf}, args.socket)
+    except (client.HelperError, cgroup.CgroupError, BpfError, LookupError, ValueError) as e:
+        _err(f"cannot enter VRF {args.vrf}: {e}")
+        return 1
+    try:
+        os.execvp(command[0], command)
+    except OSError as e:
+        _err(f"cannot run {command[0]}: {e.strerror}")
+        return 127
+
+
+def _place_self(vrf, plain):
+    from pam_vrf import programs
+    from pam_vrf.bpf.sockprog import Settings
+    path = cgroup.vrf_path(vrf, mount=cgroup.mount_point(create=True))
+    if vrf != policy.DEFAULT_VRF:
+        problem = netdev.device_problem(vrf, plain)
+        if problem:
+            raise ValueError(problem)
+        cgroup.ensure(path)
+        programs.attach(path, Settings(ifindex=netdev.ifindex(vrf)))
+    else:
+        cgroup.ensure(path)
+    cgroup.move(os.getpid(), path)
+
+
 def parser():
     p = argparse.ArgumentParser(prog="pam-vrf", description="Login-time VRF placement: policy and state.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -166,6 +221,18 @@ def parser():
     c = sub.add_parser("pids", help="list the processes in a VRF (like ip vrf pids)")
     c.add_argument("vrf")
     c.set_defaults(func=cmd_pids)
+
+    c = sub.add_parser("exec", help="run a command in a VRF (non-root: if vrf.conf grants exec=VRF)")
+    c.add_argument("vrf")
+    c.add_argument("command", nargs=argparse.REMAINDER)
+    c.add_argument("--plain", action="store_true", help="root only: VRF is an ordinary interface")
+    c.add_argument("--via-helper", action="store_true", help="root: go through the helper too")
+    c.add_argument("--socket", default=protocol.DEFAULT_SOCKET)
+    c.set_defaults(func=cmd_exec)
+
+    c = sub.add_parser("pam-exec", help="session hook for pam_exec (moves the PAM caller)")
+    c.add_argument("options", nargs="*", help="config=PATH socket=PATH debug")
+    c.set_defaults(func=cmd_pam_exec)
 
     c = sub.add_parser("status", help="VRF cgroups, their programs and member processes")
     c.add_argument("--max-pids", type=int, default=20)

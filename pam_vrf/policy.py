@@ -55,7 +55,7 @@ class Rule(NamedTuple):
     mark: object             # int or None
     priority: object         # int or None
     strict: bool             # a placement failure refuses the session
-    plain: bool              # target is an ordinary interface, not a VRF
+    plain: bool              # target (and exec= names) are ordinary interfaces, not VRFs
     exec: frozenset          # VRFs `pam-vrf exec` may enter without sudo
     filename: str
     line: int
@@ -173,7 +173,9 @@ def _parse_line(raw, filename, number):
     mark = _u32(seen, "mark", fail)
     priority = _u32(seen, "priority", fail)
 
-    vrf_only = [k for k in ("deny", "mark", "priority", "plain") if k in seen]
+    # plain also describes the exec= names, so it may stand with them alone.
+    vrf_only = [k for k in ("deny", "mark", "priority", "plain") if k in seen
+                and not (k == "plain" and "exec" in seen)]
     if target == LEAVE_ALONE and (vrf_only or "strict" in seen):
         fail(f"target '-' leaves the session alone: option '{(vrf_only or ['strict'])[0]}' makes no sense")
     if target == DEFAULT_VRF and vrf_only:

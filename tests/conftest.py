@@ -181,3 +181,179 @@ def pam_vrf_cli(*args, env_extra=None, check=False):
 if sys.executable != PY and not os.environ.get("PAM_VRF_ANY_PYTHON"):
     # The product runs on Debian's interpreter (pam_python embeds it): test there.
     raise pytest.UsageError(f"run the tests with {PY} -m pytest (this is {sys.executable})")
+
+
+# -- installed product, syslog, helper daemon ---------------------------------
+
+@pytest.fixture(scope="session")
+def installed():
+    """`make install` on this host (pam_python imports only what is installed);
+    `make uninstall` afterwards unless it was installed before the tests."""
+    before = os.path.exists("/usr/lib/pam-vrf/pam_vrf.py")
+    sh("make", "-C", REPO, "install")
+    yield
+    if not before:
+        sh("make", "-C", REPO, "uninstall", check=False)
+
+
+class SyslogSink:
+    """A syslog receiver for the processes under test.
+
+    With no /dev/log on the host (CI), it listens at /dev/log itself for the
+    test session. With a syslog daemon present, it listens elsewhere and
+    wrap() runs a command in a private mount namespace where that socket
+    is bind-mounted over /dev/log, so the host's syslog is left alone.
+    """
+
+    def __init__(self):
+        import socket
+        import threading
+        self.own_dev_log = not os.path.lexists("/dev/log")
+        self.dir = tempfile.mkdtemp(prefix="pam-vrf-syslog-")
+        os.chmod(self.dir, 0o755)
+        self.path = "/dev/log" if self.own_dev_log else os.path.join(self.dir, "log")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        os.chmod(self.path, 0o666)
+        self.lines = []
+        self.cond = threading.Condition()
+        threading.Thread(target=self._receive, daemon=True).start()
+
+    def _receive(self):
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except OSError:
+                return
+            with self.cond:
+                self.lines.append(data.decode(errors="replace"))
+                self.cond.notify_all()
+
+    def wrap(self, argv):
+        if self.own_dev_log:
+            return list(argv)
+        script = 'mount --bind "$0" /dev/log && exec "$@"'
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, self.path, *argv]
+
+    def mark(self):
+        with self.cond:
+            return len(self.lines)
+
+    def since(self, mark):
+        with self.cond:
+            return self.lines[mark:]
+
+    def wait_for(self, needle, mark=0, timeout=10):
+        """The first line since `mark` containing every given string."""
+        needles = [needle] if isinstance(needle, str) else list(needle)
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                for line in self.lines[mark:]:
+                    if all(n in line for n in needles):
+                        return line
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no syslog line with {needles}; got:\n" + "\n".join(self.lines[mark:]))
+                self.cond.wait(left)
+
+    def close(self):
+        self.sock.close()
+        if self.own_dev_log:
+            os.unlink("/dev/log")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def syslog():
+    sink = SyslogSink()
+    yield sink
+    sink.close()
+
+
+class Helper:
+    """pam-vrf-helper as in production: a non-root user with ambient caps only."""
+
+    CAPS = "+bpf,+net_admin,+dac_override"
+
+    def __init__(self, user, workdir, config, netns=None, syslog=None):
+        self.user, self.workdir, self.config, self.netns, self.syslog = user, workdir, config, netns, syslog
+        self.socket = os.path.join(workdir, "helper.sock")
+        self.proc = None
+
+    def argv(self):
+        argv = ["setpriv", "--reuid", str(self.user.pw_uid), "--regid", str(self.user.pw_gid),
+                "--init-groups", "--inh-caps", self.CAPS, "--ambient-caps", self.CAPS,
+                "/usr/local/sbin/pam-vrf-helper", "--socket", self.socket, "--config", self.config]
+        if self.netns:
+            argv = ["nsenter", f"--net=/run/netns/{self.netns}", *argv]
+        return self.syslog.wrap(argv) if self.syslog else argv
+
+    def start(self):
+        from pam_vrf import client
+        self.log = open(os.path.join(self.workdir, "helper.log"), "ab")
+        self.proc = subprocess.Popen(self.argv(), stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                client.call({"op": "ping"}, self.socket)
+                return self
+            except client.HelperError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"helper did not start:\n{self.output()}")
+                time.sleep(0.05)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def output(self):
+        with open(os.path.join(self.workdir, "helper.log"), "rb") as f:
+            return f.read().decode(errors="replace")
+
+
+@pytest.fixture
+def helper_factory(installed, throwaway_user):
+    """Start helpers: helper_factory(config_path, netns=None) -> Helper."""
+    started = []
+
+    def make(config, netns=None, syslog=None):
+        user = throwaway_user()
+        workdir = tempfile.mkdtemp(prefix="pam-vrf-helper-")
+        os.chown(workdir, user.pw_uid, user.pw_gid)
+        os.chmod(workdir, 0o755)
+        helper = Helper(user, workdir, config, netns, syslog)
+        started.append(helper)
+        return helper.start()
+
+    yield make
+    for helper in started:
+        helper.stop()
+        shutil.rmtree(helper.workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def vrf_conf():
+    """vrf_conf(text) -> path of a world-readable vrf.conf; rewrite by calling again
+    with path=. Removed afterwards."""
+    where = tempfile.mkdtemp(prefix="pam-vrf-conf-")
+    os.chmod(where, 0o755)
+
+    def write(text, path=None):
+        path = path or os.path.join(where, f"vrf{len(os.listdir(where))}.conf")
+        with open(path, "w") as f:
+            f.write(text)
+        os.chmod(path, 0o644)
+        return path
+
+    yield write
+    shutil.rmtree(where, ignore_errors=True)

@@ -730,3 +730,16 @@ def test_group_names_caches_each_name_once(monkeypatch):
     assert groups.gid(missing) is None
     assert groups.gid(missing) is None
     assert looked_up == ["root", missing]
+
+
+def test_exec_option_lists_vrfs_and_plain_may_describe_them():
+    rule = policy.parse("@ops default exec=mgmt,default,veth1 plain", "vrf.conf")[0]
+    assert rule.exec == frozenset({"mgmt", "default", "veth1"}) and rule.plain
+    assert "exec=default,mgmt,veth1" in rule.options_text()
+    assert policy.parse("alice - exec=mgmt", "vrf.conf")[0].exec == frozenset({"mgmt"})
+    for text, message in (("a default plain", "option 'plain' needs a VRF target"),
+                          ("a mgmt exec=../x", "bad VRF '../x' in exec= list"),
+                          ("a mgmt exec=x,,y", "in exec= list: empty name")):
+        with pytest.raises(policy.ConfigError) as e:
+            policy.parse(text, "vrf.conf")
+        assert str(e.value).startswith("vrf.conf:1: ") and message in str(e.value), str(e.value)

@@ -337,7 +337,8 @@ def check_rule(rule, data):
         assert number is None or (type(number) is int and 0 <= number <= U32_MAX)
     assert type(rule.strict) is bool and type(rule.plain) is bool
     if not rule.places:     # default or '-'
-        assert not rule.deny and rule.mark is None and rule.priority is None and not rule.plain
+        assert not rule.deny and rule.mark is None and rule.priority is None
+        assert not rule.plain or rule.exec      # plain there describes the exec= names
     if rule.target == "-":
         assert not rule.strict
     assert rule.places == (rule.target not in ("default", "-"))

@@ -1,0 +1,112 @@
+"""Which VRF cgroups carry which program, and keeping them right.
+
+One loaded program per distinct rule (its Settings) is shared by every
+cgroup that needs it. When a VRF is deleted and created again it gets a
+new ifindex: every cgroup of that VRF then gets the program for the new
+ifindex, so new sockets in existing sessions bind again.
+
+The list of attachments is kept in a small JSON file under the runtime
+directory so that a restarted helper still knows what to re-attach
+(the kernel keeps the programs attached across a restart by itself).
+"""
+
+import json
+import os
+from typing import NamedTuple
+
+from pam_vrf import programs
+from pam_vrf.bpf import sockprog
+from pam_vrf.sockspec import parse_item
+
+
+class Entry(NamedTuple):
+    vrf: str
+    rule: dict          # protocol.rule_fields(): deny texts, mark, priority, plain
+    ifindex: int
+
+
+def settings(rule, ifindex):
+    deny = tuple(tuple(parse_item(text)[:3]) for text in rule["deny"])
+    return sockprog.Settings(ifindex, deny, rule["mark"], rule["priority"])
+
+
+class Attachments:
+    def __init__(self, state_file=None, log=None):
+        self.entries = {}               # cgroup path -> Entry
+        self._fds = {}                  # Settings -> loaded program fd
+        self.state_file = state_file
+        self.log = log
+        self._load_state()
+
+    def attach(self, path, vrf, rule, ifindex):
+        """Attach the program for (rule, ifindex) to `path`; returns the program id."""
+        prog_id = programs.attach(path, prog_fd=self._program(settings(rule, ifindex)))
+        self.entries[path] = Entry(vrf, rule, ifindex)
+        self._save_state()
+        return prog_id
+
+    def relink(self, vrf, ifindex):
+        """A VRF (re)appeared with `ifindex`: re-attach its stale cgroups. Returns how many."""
+        self.prune()
+        done = 0
+        for path, entry in list(self.entries.items()):
+            if entry.vrf == vrf and entry.ifindex != ifindex:
+                try:
+                    self.attach(path, vrf, entry.rule, ifindex)
+                    done += 1
+                except OSError as e:
+                    if self.log:
+                        self.log.err(f"cannot re-attach {path} to {vrf} (ifindex {ifindex}): {e}")
+        self._release_unused()
+        return done
+
+    def prune(self):
+        """Forget cgroups that no longer exist (sessions that ended)."""
+        gone = [p for p in self.entries if not os.path.isdir(p)]
+        for path in gone:
+            del self.entries[path]
+        if gone:
+            self._save_state()
+            self._release_unused()
+
+    def _program(self, wanted):
+        fd = self._fds.get(wanted)
+        if fd is None:
+            fd = self._fds[wanted] = programs.load(wanted)
+        return fd
+
+    def _release_unused(self):
+        used = {settings(e.rule, e.ifindex) for e in self.entries.values()}
+        for key in [k for k in self._fds if k not in used]:
+            os.close(self._fds.pop(key))
+
+    def _save_state(self):
+        if not self.state_file:
+            return
+        data = {path: e._asdict() for path, e in self.entries.items()}
+        tmp = f"{self.state_file}.tmp"
+        try:
+            with open(tmp, "w") as f:
+                json.dump(data, f)
+            os.replace(tmp, self.state_file)
+        except OSError as e:        # the attachment itself worked; only a restart forgets it
+            if self.log:
+                self.log.err(f"cannot save {self.state_file}: {e.strerror}")
+
+    def _load_state(self):
+        if not self.state_file:
+            return
+        try:
+            with open(self.state_file) as f:
+                data = json.load(f)
+            entries = {path: Entry(**fields) for path, fields in data.items()}
+            for entry in entries.values():
+                settings(entry.rule, entry.ifindex)       # raises on a damaged entry
+            self.entries = entries
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+            if self.log:
+                self.log.warning(f"ignoring unreadable state file {self.state_file}: {e}")
+            self.entries = {}
+        self.prune()

@@ -1,0 +1,102 @@
+"""pam-vrf-helper [--socket PATH] [--config PATH] [--state PATH] [--debug]
+
+Foreground daemon. Run it as an unprivileged user with ambient
+CAP_BPF,CAP_NET_ADMIN (+CAP_DAC_OVERRIDE for `pam-vrf exec`), e.g. from
+the shipped systemd unit or:
+
+    setpriv --reuid pam-vrf --regid pam-vrf --init-groups \\
+        --inh-caps +bpf,+net_admin,+dac_override \\
+        --ambient-caps +bpf,+net_admin,+dac_override pam-vrf-helper
+"""
+
+import argparse
+import os
+import signal
+import socket
+import stat
+import sys
+
+from pam_vrf import __version__, policy, programs, protocol
+from pam_vrf.bpf.sockprog import Settings
+from pam_vrf.bpf.syscall import BpfError
+from pam_vrf.log import Logger
+
+SD_LISTEN_FDS_START = 3
+
+
+def listening_socket(path):
+    """The socket systemd passed us (socket activation), or a new one at `path`."""
+    if os.environ.get("LISTEN_PID") == str(os.getpid()) and os.environ.get("LISTEN_FDS") == "1":
+        return socket.socket(fileno=SD_LISTEN_FDS_START)
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)         # left over from a previous run
+    except FileNotFoundError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    sock.bind(path)
+    os.chmod(path, 0o666)           # everyone may ask; SO_PEERCRED decides what is allowed
+    sock.listen(128)
+    return sock
+
+
+def check_capabilities():
+    """Fail early, with the reason, if we cannot load programs."""
+    fd = programs.load(Settings(ifindex=1))
+    os.close(fd)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="pam-vrf-helper", description=__doc__.split("\n")[0])
+    p.add_argument("--socket", default=protocol.DEFAULT_SOCKET)
+    p.add_argument("--config", default=policy.DEFAULT_CONFIG)
+    p.add_argument("--state", help="file remembering attachments across restarts "
+                   "(default: attachments.json next to the socket)")
+    p.add_argument("--debug", action="store_true")
+    args = p.parse_args(argv)
+    log = Logger("pam-vrf-helper", args.debug, stderr=True)
+
+    try:
+        check_capabilities()
+    except BpfError as e:
+        log.err(f"cannot start: {e}")
+        return 1
+
+    # pyroute2 is heavy (~140 ms to import): only the helper pays for it.
+    from pam_vrf.helper.attachments import Attachments
+    from pam_vrf.helper.links import Links
+    from pam_vrf.helper.requests import Handler
+    from pam_vrf.helper.server import Server
+
+    state = args.state or os.path.join(os.path.dirname(args.socket), "attachments.json")
+    try:
+        listener = listening_socket(args.socket)
+    except OSError as e:
+        log.err(f"cannot listen on {args.socket}: {e.strerror}")
+        return 1
+    links = Links()
+    attachments = Attachments(state, log)
+    server = Server(listener, Handler(attachments, links, args.config, log), links, log)
+
+    def stop(signum, frame):
+        server.stopping = True
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+
+    log.info(f"pam-vrf-helper {__version__} serving {args.socket} (uid {os.getuid()}, "
+             f"{len(attachments.entries)} remembered attachments)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        links.close()
+        listener.close()
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""The helper's socket loop: one request per connection, bounded in size,
+time and number of clients, so a hostile client cannot stall or crash it.
+
+Single-threaded (selectors): requests are short kernel calls, and one
+thread means no locking around the attachment table.
+"""
+
+import errno
+import os
+import selectors
+import socket
+import struct
+import time
+
+from pam_vrf import protocol
+from pam_vrf.helper.requests import Peer
+
+SO_PEERPIDFD = 77           # Linux >= 6.5
+MAX_CLIENTS = 128
+CLIENT_DEADLINE = protocol.TIMEOUT
+
+
+def peer_of(conn):
+    pid, uid, gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                       struct.calcsize("3i")))
+    try:
+        pidfd = conn.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
+    except OSError:
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            pidfd = -1
+    return Peer(pid, uid, gid, pidfd)
+
+
+class Server:
+    def __init__(self, listener, handler, links, log):
+        self.listener, self.handler, self.links, self.log = listener, handler, links, log
+        self.clients = {}          # socket -> deadline
+        self.sel = selectors.DefaultSelector()
+        self.stopping = False
+
+    def serve_forever(self):
+        self.listener.setblocking(False)
+        self.sel.register(self.listener, selectors.EVENT_READ, "accept")
+        if self.links is not None:
+            self.sel.register(self.links.fileno(), selectors.EVENT_READ, "links")
+        while not self.stopping:
+            timeout = None
+            if self.clients:
+                timeout = max(0.0, min(self.clients.values()) - time.monotonic())
+            for key, _ in self.sel.select(timeout):
+                try:
+                    if key.data == "accept":
+                        self._accept()
+                    elif key.data == "links":
+                        self._link_events()
+                    else:
+                        self._serve(key.fileobj)
+                except Exception as e:          # never let one event take the helper down
+                    self.log.err(f"internal error ({key.data}): {type(e).__name__}: {e}")
+                    if key.data not in ("accept", "links"):
+                        self._drop(key.fileobj)
+            self._expire()
+
+    def _accept(self):
+        try:
+            conn, _ = self.listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE):
+                self.log.err("out of file descriptors; dropping a connection")
+                time.sleep(0.01)
+            return
+        if len(self.clients) >= MAX_CLIENTS:
+            self.log.warning(f"more than {MAX_CLIENTS} clients at once; refusing a connection")
+            self._send(conn, protocol.reply(False, error="helper busy"))
+            conn.close()
+            return
+        conn.setblocking(False)
+        self.clients[conn] = time.monotonic() + CLIENT_DEADLINE
+        self.sel.register(conn, selectors.EVENT_READ, "client")
+
+    def _serve(self, conn):
+        try:
+            data, _, flags, _ = conn.recvmsg(protocol.MAX_MESSAGE + 1)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(conn)
+            return
+        if not data:
+            self._drop(conn)
+            return
+        peer = peer_of(conn)
+        try:
+            if flags & socket.MSG_TRUNC or len(data) > protocol.MAX_MESSAGE:
+                raise protocol.ProtocolError(f"message larger than {protocol.MAX_MESSAGE} bytes")
+            request = protocol.decode(data)
+        except protocol.ProtocolError as e:
+            self.log.warning(f"refused malformed request from {peer}: {e}")
+            answer = protocol.reply(False, error=f"malformed request: {e}")
+        else:
+            answer = self.handler.handle(request, peer)
+        finally:
+            if peer.pidfd >= 0:
+                os.close(peer.pidfd)
+        self._send(conn, answer)
+        self._drop(conn)
+
+    def _send(self, conn, answer):
+        try:
+            conn.send(protocol.encode(answer))
+        except (OSError, protocol.ProtocolError):
+            pass
+
+    def _drop(self, conn):
+        if conn in self.clients:
+            del self.clients[conn]
+            self.sel.unregister(conn)
+        conn.close()
+
+    def _expire(self):
+        now = time.monotonic()
+        for conn, deadline in list(self.clients.items()):
+            if deadline <= now:
+                self._send(conn, protocol.reply(False, error="request not received in time"))
+                self._drop(conn)
+
+    def _link_events(self):
+        for event, name, index in self.links.events():
+            if event == "RTM_NEWLINK":
+                count = self.handler.attachments.relink(name, index)
+                if count:
+                    self.log.notice(f"device {name} is back as ifindex {index}: "
+                                    f"re-attached {count} cgroup(s)")

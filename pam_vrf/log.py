@@ -1,0 +1,51 @@
+"""Syslog (facility authpriv) without touching process-wide state.
+
+The PAM hook runs inside sshd, login, su...: Python's syslog.openlog()
+would change the ident and facility of the host program's own messages.
+So this writes RFC 3164 datagrams to /dev/log itself, one socket a call.
+"""
+
+import os
+import socket
+import sys
+import time
+
+LOG_AUTHPRIV = 10 << 3
+ERR, WARNING, NOTICE, INFO, DEBUG = 3, 4, 5, 6, 7
+DEV_LOG = "/dev/log"
+
+
+class Logger:
+    def __init__(self, ident, debug=False, stderr=False, path=DEV_LOG):
+        self.ident, self.debug_enabled, self.stderr, self.path = ident, debug, stderr, path
+
+    def log(self, level, message):
+        if level == DEBUG and not self.debug_enabled:
+            return
+        line = f"{self.ident}[{os.getpid()}]: {message}"
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+                stamp = time.strftime("%b %e %H:%M:%S")
+                s.sendto(f"<{LOG_AUTHPRIV | level}>{stamp} {line}".encode(errors="replace"), self.path)
+        except OSError:
+            pass
+        if self.stderr:
+            try:
+                print(line, file=sys.stderr, flush=True)
+            except (OSError, ValueError):
+                pass
+
+    def err(self, message):
+        self.log(ERR, message)
+
+    def warning(self, message):
+        self.log(WARNING, message)
+
+    def notice(self, message):
+        self.log(NOTICE, message)
+
+    def info(self, message):
+        self.log(INFO, message)
+
+    def debug(self, message):
+        self.log(DEBUG, message)

@@ -1,0 +1,98 @@
+"""The login path, top to bottom: which VRF, then place the PAM caller there.
+
+    open_session(user, service, pid, options)
+      1. read vrf.conf                    (broken: log FILE:LINE, login goes on unplaced)
+      2. first matching rule              (none or '-': leave the session alone)
+      3. the VRF cgroup for the caller    (<caller's cgroup>/vrf/NAME, iproute2 layout)
+      4. the helper attaches the program  (CAP_BPF work stays in the helper)
+      5. move the PAM caller              (its children, the user's shell, inherit)
+      6. log what was done and why        (syslog authpriv)
+
+Failure policy: a failure never locks anyone out (the session proceeds
+unplaced and syslog names the cause), unless the matching rule says
+`strict`, which refuses the session. Nothing here raises: every entry
+point gets a verdict. Stdlib only and cheap: this runs in every login.
+"""
+
+from typing import NamedTuple
+
+from pam_vrf import cgroup, client, policy, protocol
+from pam_vrf.log import Logger
+
+PROCEED, REFUSE = True, False
+
+
+class Options(NamedTuple):
+    config: str = policy.DEFAULT_CONFIG
+    socket: str = protocol.DEFAULT_SOCKET
+    debug: bool = False
+
+
+def parse_options(args, log=None):
+    """PAM module arguments: config=PATH socket=PATH debug."""
+    found = {}
+    for arg in args:
+        key, eq, value = arg.partition("=")
+        if key in ("config", "socket") and eq and value:
+            found[key] = value
+        elif arg == "debug":
+            found["debug"] = True
+        elif log:
+            log.warning(f"ignoring unknown module argument '{arg}'")
+    return Options(**found)
+
+
+class PlacementError(Exception):
+    pass
+
+
+def open_session(user, service, pid, options, log=None):
+    """Decide and place; returns PROCEED or REFUSE. Never raises."""
+    log = log or Logger("pam_vrf", options.debug)
+    who = f"user {user} (service {service or '-'})"
+    try:
+        try:
+            rules = policy.load(options.config)
+        except policy.ConfigError as e:
+            log.err(f"{e}; {who} left unplaced")
+            return PROCEED
+
+        rule = policy.decide(rules, user, service)
+        if rule is None or rule.target == policy.LEAVE_ALONE:
+            reason = rule.where if rule else "no matching rule"
+            log.debug(f"{who} left alone ({reason})")
+            return PROCEED
+
+        try:
+            path = place(pid, rule, options.socket)
+        except PlacementError as e:
+            if rule.strict:
+                log.err(f"refusing session of {who}: {e} (strict rule {rule.where})")
+                return REFUSE
+            log.err(f"{who} left unplaced: {e} (rule {rule.where})")
+            return PROCEED
+
+        log.info(f"{who} placed in VRF {rule.target} (rule {rule.where}), cgroup {path}")
+        return PROCEED
+    except Exception as e:          # a bug must not take the login down
+        log.err(f"internal error placing {who}: {type(e).__name__}: {e}; left unplaced")
+        return PROCEED
+
+
+def place(pid, rule, socket_path):
+    """Put process `pid` into the VRF cgroup the rule names; returns its path."""
+    try:
+        where = cgroup.vrf_cgroup(rule.target, pid)
+        path = cgroup.fs_path(where, cgroup.mount_point(create=True))
+        cgroup.ensure(path)
+    except cgroup.CgroupError as e:
+        raise PlacementError(str(e)) from None
+    try:
+        if rule.places:
+            client.call({"op": "attach", "cgroup": where, "vrf": rule.target,
+                         "rule": protocol.rule_fields(rule)}, socket_path)
+        cgroup.move(pid, path)
+    except (client.HelperError, cgroup.CgroupError) as e:
+        cgroup.remove_if_empty(path)
+        raise PlacementError(str(e)) from None
+    return path

@@ -1,0 +1,357 @@
+"""Logins for real: sshd with its own PAM service and the installed pam_python
+hook, pamtester, pamela and python-pam through pam_exec, the helper running
+as a non-root user with ambient capabilities only.
+
+Lab: a network namespace with a veth target (`plain`: this kernel has no
+VRF driver). sshd listens on 127.0.0.1 inside it, started under the name
+sshd-pvt<tag> so it reads /etc/pam.d/sshd-pvt<tag>, never the host's stack.
+"""
+
+import concurrent.futures
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import textwrap
+import time
+
+import pytest
+
+from conftest import PY, REPO, remove_cgroup_tree, run_py, sh, spawn, uid_tag
+from pam_vrf import cgroup, programs
+from pam_vrf.bpf import cgroup_link
+
+HOOK = "/usr/lib/pam-vrf/pam_vrf.py"
+PAM_VRF = "/usr/local/sbin/pam-vrf"
+PORT = 2222
+
+PROBE = textwrap.dedent("""
+    import json, os, socket, sys
+    def probe():
+        out = {"cgroup": open("/proc/self/cgroup").read().strip().split("::", 1)[-1]}
+        for name, fam, kind in (("tcp4", socket.AF_INET, socket.SOCK_STREAM),
+                                ("udp4", socket.AF_INET, socket.SOCK_DGRAM),
+                                ("tcp6", socket.AF_INET6, socket.SOCK_STREAM),
+                                ("udp6", socket.AF_INET6, socket.SOCK_DGRAM)):
+            try:
+                s = socket.socket(fam, kind)
+                out[name] = s.getsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, 16).rstrip(b"\\0").decode()
+                s.close()
+            except OSError as e:
+                out[name] = "errno:%d" % e.errno
+        print(json.dumps(out), flush=True)
+    probe()
+    # With --wait: probe again for every line read (an existing session, later).
+    if "--wait" in sys.argv:
+        for line in sys.stdin:
+            probe()
+""")
+
+
+class Lab:
+    """netns + veth target + helper + sshd with the pam-vrf hook."""
+
+    def __init__(self, netns, sandbox, syslog, vrf_conf, throwaway_user):
+        self.tag = uid_tag()
+        self.sshd, self.pam_files, self.groups = None, [], []
+        self.service = f"sshd-pvt{self.tag}"
+        self.dir = tempfile.mkdtemp(prefix="pam-vrf-lab-")
+        self.ns = netns("s")
+        self.target = f"vt{self.tag}"
+        sh("ip", "-n", self.ns, "link", "add", self.target, "type", "veth", "peer", "name", f"vp{self.tag}")
+        sh("ip", "-n", self.ns, "link", "set", self.target, "up")
+        self.syslog, self.sandbox, self.make_user, self.vrf_conf = syslog, sandbox, throwaway_user, vrf_conf
+        os.chmod(self.dir, 0o755)
+        self.group = f"pvg{self.tag}"
+        self.strict_group = f"pvs{self.tag}"
+        self.exec_group = f"pve{self.tag}"
+        for g in (self.group, self.strict_group, self.exec_group):
+            sh("groupadd", "--system", g)
+            self.groups.append(g)
+        self.config = vrf_conf(self.policy())
+
+    def start(self, helper_factory):
+        self.helper = helper_factory(self.config, netns=self.ns, syslog=self.syslog)
+        self._write(os.path.join(self.dir, "probe.py"), PROBE)
+        self._sshd_setup()
+        self.start_sshd()
+
+    def policy(self, extra=""):
+        return textwrap.dedent(f"""\
+            # test policy
+            {extra}
+            @{self.group}         {self.target}  plain services={self.service},pvt-exec{self.tag},pvt-pp{self.tag}
+            @{self.strict_group}  {self.target}  plain deny=inet6 strict
+            @{self.exec_group}    default        exec={self.target} plain
+            *                     -
+        """)
+
+    def set_policy(self, text):
+        self.vrf_conf(text, path=self.config)
+
+    def _write(self, path, text, mode=0o644):
+        with open(path, "w") as f:
+            f.write(text)
+        os.chmod(path, mode)
+
+    def pam_service(self, name, session_line):
+        path = f"/etc/pam.d/{name}"
+        assert not os.path.exists(path)
+        self.pam_files.append(path)
+        self._write(path, textwrap.dedent(f"""\
+            auth     required  pam_permit.so
+            account  required  pam_permit.so
+            session  required  pam_permit.so
+            {session_line}
+        """))
+
+    def hook_line(self, extra=""):
+        return (f"session [success=ok session_err=bad default=ignore] pam_python.so {HOOK} "
+                f"config={self.config} socket={self.helper.socket} debug {extra}")
+
+    def _sshd_setup(self):
+        self.pam_service(self.service, self.hook_line())
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)      # sshd's privilege separation dir
+        sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", f"{self.dir}/hostkey")
+        sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", f"{self.dir}/userkey")
+        os.makedirs(f"{self.dir}/keys")
+        os.chmod(f"{self.dir}/keys", 0o755)
+        self._write(f"{self.dir}/sshd_config", textwrap.dedent(f"""\
+            ListenAddress 127.0.0.1:{PORT}
+            HostKey {self.dir}/hostkey
+            PidFile none
+            UsePAM yes
+            AuthorizedKeysFile {self.dir}/keys/%u
+            StrictModes no
+            PasswordAuthentication no
+            KbdInteractiveAuthentication no
+            PubkeyAuthentication yes
+            PermitRootLogin no
+            MaxStartups 100
+            LogLevel VERBOSE
+        """))
+        os.symlink("/usr/sbin/sshd", f"{self.dir}/{self.service}")
+
+    def user(self, *groups):
+        user = self.make_user(groups)
+        shutil.copy(f"{self.dir}/userkey.pub", f"{self.dir}/keys/{user.pw_name}")
+        os.chmod(f"{self.dir}/keys/{user.pw_name}", 0o644)
+        return user
+
+    def start_sshd(self):
+        argv = self.syslog.wrap(["nsenter", f"--net=/run/netns/{self.ns}",
+                                 f"{self.dir}/{self.service}", "-D", "-e", "-f", f"{self.dir}/sshd_config"])
+        self.sshd_log = open(f"{self.dir}/sshd.log", "ab")
+        self.sshd = spawn(argv, cgroup_dir=self.sandbox, stdout=self.sshd_log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while b"Server listening" not in open(f"{self.dir}/sshd.log", "rb").read():
+            assert self.sshd.poll() is None and time.monotonic() < deadline, self.sshd_output()
+            time.sleep(0.05)
+
+    def sshd_output(self):
+        return open(f"{self.dir}/sshd.log", "rb").read().decode(errors="replace")
+
+    def ssh_argv(self, user, command):
+        return ["nsenter", f"--net=/run/netns/{self.ns}", "ssh", "-F", "/dev/null", "-i", f"{self.dir}/userkey",
+                "-p", str(PORT), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", f"{user.pw_name}@127.0.0.1", command]
+
+    def ssh(self, user, command, check=True):
+        proc = subprocess.run(self.ssh_argv(user, command), capture_output=True, text=True, timeout=60)
+        if check:
+            assert proc.returncode == 0, f"ssh failed {proc.returncode}: {proc.stderr}\n{self.sshd_output()[-3000:]}"
+        return proc
+
+    def probe(self, user, check=True):
+        """Log in over ssh; the shell reports `ip vrf identify $$`, then the probe runs."""
+        proc = self.ssh(user, f'echo "identify=$(ip vrf identify $$)"; {PY} {self.dir}/probe.py', check)
+        if proc.returncode != 0:
+            return proc
+        first, second = proc.stdout.strip().splitlines()[-2:]
+        result = json.loads(second)
+        result["identify"] = first.split("=", 1)[1]
+        return result
+
+    def vrf_dir(self):
+        return f"{self.sandbox}/{self.ns}-ns/vrf/{self.target}"
+
+    def close(self):
+        if self.sshd:
+            self.sshd.terminate()
+            self.sshd.wait()
+        for path in self.pam_files:
+            os.unlink(path)
+        for g in self.groups:
+            sh("groupdel", g, check=False)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def lab(netns, sandbox_cgroup, helper_factory, syslog, vrf_conf, throwaway_user):
+    lab = Lab(netns, sandbox_cgroup, syslog, vrf_conf, throwaway_user)
+    try:
+        lab.start(helper_factory)
+        yield lab
+    finally:
+        lab.close()
+
+
+def assert_placed(result, lab, inet6="target"):
+    assert result["cgroup"].endswith(f"/{lab.ns}-ns/vrf/{lab.target}"), result
+    assert result["identify"] == lab.target, result
+    assert result["tcp4"] == result["udp4"] == lab.target, result
+    if inet6 == "target":
+        assert result["tcp6"] == result["udp6"] == lab.target, result
+    else:
+        assert result["tcp6"] == result["udp6"] == inet6, result
+
+
+def assert_unplaced(result, lab):
+    assert "/vrf/" not in result["cgroup"], result
+    assert result["identify"] == "", result
+    assert result["tcp4"] == result["udp4"] == result["tcp6"] == result["udp6"] == "", result
+
+
+def test_ssh_login_of_a_group_member_lands_in_the_vrf(lab):
+    member = lab.user(lab.group)
+    mark = lab.syslog.mark()
+    result = lab.probe(member)
+    assert_placed(result, lab)
+    line = lab.syslog.wait_for([f"user {member.pw_name} (service {lab.service}) placed in VRF {lab.target}"], mark)
+    assert line.startswith(f"<{10 * 8 + 6}>"), line        # authpriv.info
+    # The cgroup carries exactly our program, bound to the target.
+    attached = cgroup_link.query(lab.vrf_dir())
+    assert len(attached) == 1
+    assert programs.read_back(attached[0].prog_id)[1].ifindex == json.loads(
+        sh("ip", "-n", lab.ns, "-j", "link", "show", "dev", lab.target).stdout)[0]["ifindex"]
+
+
+def test_unmapped_user_is_untouched(lab):
+    stranger = lab.user()
+    mark = lab.syslog.mark()
+    assert_unplaced(lab.probe(stranger), lab)
+    lab.syslog.wait_for([f"user {stranger.pw_name}", "left alone"], mark)
+
+
+def test_deny_inet6_rule_refuses_ipv6_sockets(lab):
+    restricted = lab.user(lab.strict_group)
+    assert_placed(lab.probe(restricted), lab, inet6="errno:1")      # EPERM
+
+
+def test_services_rule_applies_to_sshd_only(lab):
+    member = lab.user(lab.group)
+    other = f"pvt-other{lab.tag}"
+    lab.pam_service(other, lab.hook_line())
+    mark = lab.syslog.mark()
+    proc = sh(*lab.syslog.wrap(["pamtester", "-v", other, member.pw_name, "open_session", "close_session"]))
+    assert "successfully opened a session" in proc.stderr + proc.stdout
+    lab.syslog.wait_for([f"user {member.pw_name} (service {other}) left alone"], mark)
+    # ... while the same user through the sshd service is placed (pamtester drives the pam_python stack).
+    mark = lab.syslog.mark()
+    sh("nsenter", f"--net=/run/netns/{lab.ns}",
+       *lab.syslog.wrap(["pamtester", lab.service, member.pw_name, "open_session"]))
+    lab.syslog.wait_for([f"user {member.pw_name} (service {lab.service}) placed in VRF {lab.target}"], mark)
+
+
+PAM_DRIVER = textwrap.dedent("""
+    import json, socket, sys
+    library, user, service = sys.argv[1:4]
+    if library == "pamela":
+        import pamela
+        pamela.open_session(user, service)
+        code = 0
+    else:
+        import pam
+        p = pam.pam()
+        assert p.authenticate(user, "unused", service=service, call_end=False), p.reason
+        code = p.open_session()
+    s = socket.socket()
+    dev = s.getsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, 16).rstrip(b"\\0").decode()
+    print(json.dumps({"code": code, "cgroup": open("/proc/self/cgroup").read().strip(), "dev": dev}))
+""")
+
+
+@pytest.mark.parametrize("library", ["pamela", "python-pam"])
+def test_pam_exec_entry_driven_from_python(lab, library):
+    member = lab.user(lab.group)
+    service = f"pvt-{'exec' if library == 'pamela' else 'pp'}{lab.tag}"
+    lab.pam_service(service, f"session [success=ok system_err=bad default=ignore] pam_exec.so quiet "
+                             f"{PAM_VRF} pam-exec config={lab.config} socket={lab.helper.socket} debug")
+    mark = lab.syslog.mark()
+    argv = lab.syslog.wrap([PY, "-c", PAM_DRIVER, library, member.pw_name, service])
+    got = json.loads(sh("nsenter", f"--net=/run/netns/{lab.ns}", *argv, cwd="/").stdout)
+    assert got["code"] == 0
+    assert got["cgroup"].endswith(f"/{lab.ns}-ns/vrf/{lab.target}"), got
+    assert got["dev"] == lab.target
+    lab.syslog.wait_for([f"(service {service}) placed in VRF {lab.target}"], mark)
+
+
+def test_helper_stopped_non_strict_proceeds_unplaced_strict_refuses(lab):
+    member, restricted = lab.user(lab.group), lab.user(lab.strict_group)
+    lab.helper.stop()
+    mark = lab.syslog.mark()
+    assert_unplaced(lab.probe(member), lab)
+    lab.syslog.wait_for([f"user {member.pw_name}", "left unplaced", "helper not running"], mark)
+
+    proc = lab.probe(restricted, check=False)
+    assert isinstance(proc, subprocess.CompletedProcess) and proc.returncode != 0
+    lab.syslog.wait_for([f"refusing session of user {restricted.pw_name}", "helper not running", "strict"], mark)
+
+    lab.helper.start()
+    assert_placed(lab.probe(restricted), lab, inet6="errno:1")
+
+
+def test_broken_config_logs_file_and_line_and_lets_the_login_through(lab):
+    member = lab.user(lab.group)
+    lab.set_policy(lab.policy() + "@oops\n")
+    lines = open(lab.config).read().count("\n")
+    mark = lab.syslog.mark()
+    assert_unplaced(lab.probe(member), lab)
+    lab.syslog.wait_for([f"{lab.config}:{lines}:", "has no target", "left unplaced"], mark)
+
+
+def test_placed_session_keeps_binding_across_helper_restart_and_vrf_recreation(lab):
+    member = lab.user(lab.group)
+    session = subprocess.Popen(lab.ssh_argv(member, f"{PY} {lab.dir}/probe.py --wait"),
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert json.loads(session.stdout.readline())["tcp4"] == lab.target
+        lab.helper.stop()
+        lab.helper.start()
+        session.stdin.write("again\n")
+        session.stdin.flush()
+        assert json.loads(session.stdout.readline())["tcp4"] == lab.target
+
+        # Re-create the target: new ifindex; the helper re-attaches the session's cgroup.
+        mark = lab.syslog.mark()
+        sh("ip", "-n", lab.ns, "link", "del", lab.target)
+        sh("ip", "-n", lab.ns, "link", "add", lab.target, "type", "veth", "peer", "name", f"vq{lab.tag}")
+        lab.syslog.wait_for(["re-attached"], mark)
+        session.stdin.write("again\n")
+        session.stdin.flush()
+        assert json.loads(session.stdout.readline())["tcp4"] == lab.target
+    finally:
+        session.stdin.close()
+        session.wait(timeout=30)
+
+
+def test_twenty_concurrent_logins_are_all_placed_with_one_program(lab):
+    members = [lab.user(lab.group) for _ in range(20)]
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(lab.probe, members))
+    for result in results:
+        assert_placed(result, lab)
+    assert len(cgroup_link.query(lab.vrf_dir())) == 1
+
+
+def test_pam_vrf_exec_for_permitted_user_and_refused_for_others(lab):
+    permitted, other = lab.user(lab.exec_group), lab.user()
+    command = f"{PAM_VRF} exec --socket {lab.helper.socket} {lab.target} -- {PY} {lab.dir}/probe.py"
+    result = json.loads(lab.ssh(permitted, command).stdout.strip().splitlines()[-1])
+    assert result["tcp4"] == result["udp6"] == lab.target
+    assert result["cgroup"].endswith(f"/vrf/{lab.target}")
+
+    proc = lab.ssh(other, command, check=False)
+    assert proc.returncode == 1
+    assert f"cannot enter VRF {lab.target}" in proc.stderr and "may not enter" in proc.stderr, proc.stderr
