@@ -150,6 +150,16 @@ def vrf_path(vrf, pid="self", mount=None, netns=None):
     return fs_path(vrf_cgroup(vrf, pid, netns), mount)
 
 
+def netns_level(path):
+    """The network namespace name in a VRF cgroup path ('.../NAME-ns/vrf/...'), or ''."""
+    parts = path.rstrip("/").split("/")
+    if VRF_DIR not in parts:
+        return ""
+    at = len(parts) - 1 - parts[::-1].index(VRF_DIR)
+    above = parts[at - 1] if at > 0 else ""
+    return above[:-3] if above.endswith("-ns") else ""
+
+
 def ensure(path):
     """Create a cgroup directory (and its parents) if missing."""
     try:

@@ -10,7 +10,7 @@ import sys
 
 from pam_vrf import cgroup, netdev, policy, protocol
 from pam_vrf.bpf.syscall import BpfError
-from pam_vrf.sockspec import FAMILIES, PROTOCOLS, TYPES
+from pam_vrf.sockspec import item_text
 
 DROPIN_DIR = policy.DEFAULT_CONFIG + ".d"
 
@@ -89,17 +89,18 @@ def cmd_pids(args):
     return 0
 
 
-def _describe_settings(settings):
+def _describe_settings(settings, foreign_netns):
     if settings is None:
         return "not a VRF program"
     words = []
     if settings.ifindex is not None:
-        name = netdev.ifname(settings.ifindex)
-        words.append(f"bind {name or '?'} (ifindex {settings.ifindex}{'' if name else ', gone'})")
-    names = [{v: k for k, v in table.items()} for table in (FAMILIES, TYPES, PROTOCOLS)]
+        if foreign_netns:       # ifindexes are per network namespace
+            words.append(f"bind ifindex {settings.ifindex} in netns {foreign_netns}")
+        else:
+            name = netdev.ifname(settings.ifindex)
+            words.append(f"bind {name or '?'} (ifindex {settings.ifindex}{'' if name else ', no such device'})")
     for triple in settings.deny:
-        words.append("deny " + ":".join("*" if v is None else names[i].get(v, str(v))
-                                        for i, v in enumerate(triple)))
+        words.append("deny " + item_text(*triple))
     if settings.mark is not None:
         words.append(f"mark {settings.mark:#x}")
     if settings.priority is not None:
@@ -121,8 +122,11 @@ def cmd_status(args):
         print(f"no VRF cgroups under {mount}")
         return 0
     status = 0
+    here = cgroup.netns_name()
     for path, name in dirs:
         pids = cgroup.members(path)
+        owner_ns = cgroup.netns_level(path)
+        foreign = owner_ns if owner_ns and owner_ns != here else ""
         print(f"{path}  vrf={name or 'default'}  pids={len(pids)}")
         try:
             attached = cgroup_link.query(path)
@@ -134,7 +138,7 @@ def cmd_status(args):
             try:
                 info, settings = programs.read_back(item.prog_id)
                 owner = "pam-vrf" if info.name == "pam_vrf" else (info.name or "unnamed, e.g. ip vrf exec")
-                print(f"  prog {item.prog_id} ({owner}): {_describe_settings(settings)}")
+                print(f"  prog {item.prog_id} ({owner}): {_describe_settings(settings, foreign)}")
             except BpfError as e:
                 print(f"  prog {item.prog_id}: {e}")
         for pid in pids[: args.max_pids]:

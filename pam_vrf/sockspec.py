@@ -61,3 +61,14 @@ def _field(value, names, largest, what, word):
             return int(digits)
         raise ValueError(f"'{word}': {what} {digits} is out of range (0-{largest})")
     raise ValueError(f"'{word}': unknown {what} '{value}' (known: {', '.join(names)} or a number)")
+
+
+def item_text(family, kind, protocol):
+    """vrf.conf spelling of a (family, type, protocol) triple, None meaning any."""
+    names = [{v: k for k, v in table.items()} for table in (FAMILIES, TYPES, PROTOCOLS)]
+    if kind is None and protocol is None and family is not None:
+        return names[0].get(family, str(family))
+    if family is None and protocol is None and kind is not None:
+        return names[1].get(kind, str(kind))
+    words = [ANY if v is None else names[i].get(v, str(v)) for i, v in enumerate((family, kind, protocol))]
+    return ":".join(words[:2] if protocol is None else words)

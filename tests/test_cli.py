@@ -1,0 +1,119 @@
+"""`pam-vrf` as a shell script sees it: output and exit codes."""
+
+import json
+import os
+import subprocess
+import textwrap
+
+from conftest import PY, REPO, pam_vrf_cli, sh, spawn
+from pam_vrf import cgroup, programs
+from pam_vrf.bpf import cgroup_link, sockprog, syscall
+
+
+def test_check_accepts_a_good_file_and_names_file_and_line_of_a_bad_one(vrf_conf):
+    good = vrf_conf("root -\n@netops lo plain services=sshd\n* default\n")
+    proc = pam_vrf_cli("check", "--config", good)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"{good}: OK, 3 rules"
+
+    bad = vrf_conf("root -\n\n@netops lo plain colour=blue\n")
+    proc = pam_vrf_cli("check", "--config", bad)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == f"{bad}:3: unknown option 'colour=blue' (known: services, deny, mark, priority, exec, strict, plain)"
+
+    missing = good + ".missing"
+    proc = pam_vrf_cli("check", "--config", missing)
+    assert proc.returncode == 1 and proc.stderr.startswith(f"{missing}:0: cannot read")
+
+
+def test_check_warns_about_targets_it_cannot_see_but_passes(vrf_conf):
+    conf = vrf_conf("alice nosuchdev0\nbob lo\n")
+    proc = pam_vrf_cli("check", "--config", conf)
+    assert proc.returncode == 0
+    assert f"{conf}:1: warning: no network device 'nosuchdev0'" in proc.stderr
+    assert f"{conf}:2: warning: 'lo' is not a VRF device (add 'plain'" in proc.stderr
+
+
+def test_which_prints_the_decision_target_first(vrf_conf, throwaway_user):
+    user = throwaway_user()
+    conf = vrf_conf(f"root -\n{user.pw_name} lo plain services=sshd deny=inet6\n* default\n")
+    proc = pam_vrf_cli("which", user.pw_name, "--service", "sshd", "--config", conf)
+    assert proc.returncode == 0
+    assert proc.stdout.split("\t") == ["lo", f"{conf}:2", f"{user.pw_name} lo services=sshd deny=inet6 plain\n"]
+    assert pam_vrf_cli("which", user.pw_name, "--service", "login", "--config", conf).stdout.split("\t")[0] == "default"
+    assert pam_vrf_cli("which", "root", "--config", conf).stdout.split("\t")[:2] == ["-", f"{conf}:1"]
+    none = vrf_conf("root -\n")
+    assert pam_vrf_cli("which", user.pw_name, "--config", none).stdout == "-\t(no matching rule)\n"
+    proc = pam_vrf_cli("which", "nosuchuser-pvt", "--config", conf)
+    assert proc.returncode == 0 and "warning: no user 'nosuchuser-pvt'" in proc.stderr
+    assert pam_vrf_cli("which", "x", "--config", conf + ".missing").returncode == 1
+
+
+def test_identify_and_pids_agree_with_iproute2(sandbox_cgroup):
+    placed = f"{sandbox_cgroup}/vrf/pvtcli0"
+    os.makedirs(placed)
+    sleeper = spawn(["sleep", "60"], cgroup_dir=placed)
+    outside = spawn(["sleep", "60"], cgroup_dir=sandbox_cgroup)
+    try:
+        proc = pam_vrf_cli("identify", str(sleeper.pid))
+        assert (proc.returncode, proc.stdout) == (0, "pvtcli0\n")
+        assert proc.stdout == sh("ip", "vrf", "identify", sleeper.pid).stdout
+        proc = pam_vrf_cli("identify", str(outside.pid))
+        assert (proc.returncode, proc.stdout) == (0, "")
+        assert pam_vrf_cli("identify", "999999999").returncode == 1
+
+        listed = pam_vrf_cli("pids", "pvtcli0").stdout.splitlines()
+        assert [line.split() for line in listed] == [[str(sleeper.pid), "sleep"]]
+        proc = pam_vrf_cli("pids", "../etc")
+        assert proc.returncode == 1 and "invalid VRF name" in proc.stderr
+    finally:
+        for p in (sleeper, outside):
+            p.kill()
+            p.wait()
+
+
+def test_status_shows_cgroups_programs_rules_and_members(sandbox_cgroup):
+    ours, theirs = f"{sandbox_cgroup}/vrf/lo", f"{sandbox_cgroup}/other/vrf/lo"
+    os.makedirs(ours)
+    os.makedirs(theirs)
+    prog = programs.attach(ours, sockprog.Settings(ifindex=1, deny=((10, None, None), (None, 3, None),
+                                                                    (2, 2, 17)), mark=0x2A))
+    fd = syscall.prog_load(sockprog.iproute2_program(1))
+    try:
+        cgroup_link.attach(theirs, fd)
+        their_prog = syscall.prog_info(fd).id
+    finally:
+        os.close(fd)
+    member = spawn(["sleep", "60"], cgroup_dir=ours)
+    try:
+        out = pam_vrf_cli("status", check=True).stdout
+    finally:
+        member.kill()
+        member.wait()
+    block = out[out.index(f"{ours}  vrf=lo  pids=1"):]
+    assert f"  prog {prog} (pam-vrf): bind lo (ifindex 1), deny inet6, deny raw, deny inet:dgram:udp, mark 0x2a" in block
+    assert f"{member.pid:>7}  sleep" in block
+    assert f"  prog {their_prog} (unnamed, e.g. ip vrf exec): bind lo (ifindex 1)" in out
+    assert f"{sandbox_cgroup}/vrf  vrf=default  pids=0" in out
+
+
+PROBE = "import json, socket; s = socket.socket(); print(json.dumps([open('/proc/self/cgroup').read().strip(), s.getsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, 16).rstrip(bytes(1)).decode()]))"
+
+
+def test_exec_as_root_places_the_command(sandbox_cgroup, netns):
+    ns = netns()
+    env = dict(os.environ, PYTHONPATH=REPO)
+    proc = spawn([PY, "-m", "pam_vrf", "exec", "--plain", "lo", "--", PY, "-c", PROBE],
+                 netns=ns, cgroup_dir=sandbox_cgroup, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                 text=True, env=env)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    cgroup_line, device = json.loads(out)
+    assert cgroup_line == f"0::{sandbox_cgroup[len(cgroup.mount_point()):]}/{ns}-ns/vrf/lo"
+    assert device == "lo"
+
+    proc = spawn([PY, "-m", "pam_vrf", "exec", "lo", "--", "true"], netns=ns, cgroup_dir=sandbox_cgroup,
+                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1 and "'lo' is not a VRF device" in err
+    proc = pam_vrf_cli("exec", "lo")
+    assert proc.returncode == 2 and "no command given" in proc.stderr
