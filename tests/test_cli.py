@@ -108,7 +108,7 @@ def test_exec_as_root_places_the_command(sandbox_cgroup, netns):
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     cgroup_line, device = json.loads(out)
-    assert cgroup_line == f"0::{sandbox_cgroup[len(cgroup.mount_point()):]}/{ns}-ns/vrf/lo"
+    assert cgroup_line.splitlines()[-1] == f"0::{sandbox_cgroup[len(cgroup.mount_point()):]}/{ns}-ns/vrf/lo"
     assert device == "lo"
 
     proc = spawn([PY, "-m", "pam_vrf", "exec", "lo", "--", "true"], netns=ns, cgroup_dir=sandbox_cgroup,
