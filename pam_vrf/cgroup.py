@@ -55,7 +55,8 @@ def mount_point(create=False):
     if libc.mount(b"none", FALLBACK_MOUNT.encode(), b"cgroup2", 0, None) != 0:
         err = ctypes.get_errno()
         raise CgroupError(f"cannot mount cgroup2 at {FALLBACK_MOUNT}: {os.strerror(err)}")
-    return FALLBACK_MOUNT
+    found = find_mount()        # /var/run is often a link to /run: report what the kernel shows
+    return found[0] if found else FALLBACK_MOUNT
 
 
 def cgroup_of(pid="self"):
