@@ -7,7 +7,6 @@ identify`, `ip vrf pids` and `ip vrf exec` use the same layout, so both
 tools see and respect each other's placements. Stdlib only.
 """
 
-import ctypes
 import errno
 import os
 
@@ -50,6 +49,7 @@ def mount_point(create=False):
     if not create:
         raise CgroupError("no cgroup2 file system is mounted "
                           f"(pam-vrf mounts one at {FALLBACK_MOUNT} when run as root)")
+    import ctypes               # only here: keeps the login path's imports small
     os.makedirs(FALLBACK_MOUNT, 0o755, exist_ok=True)
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.mount(b"none", FALLBACK_MOUNT.encode(), b"cgroup2", 0, None) != 0:

@@ -14,7 +14,7 @@ unplaced and syslog names the cause), unless the matching rule says
 point gets a verdict. Stdlib only and cheap: this runs in every login.
 """
 
-from typing import NamedTuple
+from collections import namedtuple
 
 from pam_vrf import cgroup, client, policy, protocol
 from pam_vrf.log import Logger
@@ -22,10 +22,8 @@ from pam_vrf.log import Logger
 PROCEED, REFUSE = True, False
 
 
-class Options(NamedTuple):
-    config: str = policy.DEFAULT_CONFIG
-    socket: str = protocol.DEFAULT_SOCKET
-    debug: bool = False
+Options = namedtuple("Options", ["config", "socket", "debug"],
+                     defaults=[policy.DEFAULT_CONFIG, protocol.DEFAULT_SOCKET, False])
 
 
 def parse_options(args, log=None):

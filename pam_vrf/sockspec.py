@@ -5,7 +5,7 @@ The sock-create program only ever sees AF_INET and AF_INET6 sockets.
 """
 
 import socket
-from typing import NamedTuple
+from collections import namedtuple
 
 FAMILIES = {"inet": socket.AF_INET, "inet6": socket.AF_INET6}
 TYPES = {"stream": socket.SOCK_STREAM, "dgram": socket.SOCK_DGRAM,
@@ -15,11 +15,8 @@ PROTOCOLS = {"ip": 0, "icmp": 1, "tcp": 6, "udp": 17, "ipv6": 41,
 ANY = "*"
 
 
-class DenyItem(NamedTuple):
-    family: object    # int or None (any)
-    type: object
-    protocol: object
-    text: str         # as written, for messages and `status`
+# family, type, protocol: int or None (any); text: as written, for messages.
+DenyItem = namedtuple("DenyItem", ["family", "type", "protocol", "text"])
 
 
 def parse_deny(text):
