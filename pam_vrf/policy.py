@@ -105,6 +105,8 @@ def parse(data, filename="<string>"):
     """Parse vrf.conf text (str or bytes) into a tuple of Rules."""
     if isinstance(data, bytes):
         data = _decode(data, filename)
+    if data.startswith("\ufeff"):     # a byte-order mark some editors write
+        data = data[1:]
     rules = []
     for number, raw in enumerate(data.split("\n"), start=1):
         rule = _parse_line(raw, filename, number)

@@ -743,3 +743,8 @@ def test_exec_option_lists_vrfs_and_plain_may_describe_them():
         with pytest.raises(policy.ConfigError) as e:
             policy.parse(text, "vrf.conf")
         assert str(e.value).startswith("vrf.conf:1: ") and message in str(e.value), str(e.value)
+
+
+def test_a_leading_byte_order_mark_is_not_part_of_the_first_name():
+    for data in ("\ufeffalice mgmt\n", "\ufeffalice mgmt\n".encode("utf-8")):
+        assert policy.parse(data, "vrf.conf")[0].who == "alice"
