@@ -11,11 +11,10 @@ import os
 def pam_sm_open_session(pamh, flags, argv):
     try:
         from pam_vrf import session
-        options = session.parse_options(argv[1:])
-        verdict = session.open_session(pamh.user, pamh.service, os.getpid(), options)
+        verdict = session.hook(pamh.user, pamh.service, os.getpid(), argv[1:])
         return pamh.PAM_SUCCESS if verdict == session.PROCEED else pamh.PAM_SESSION_ERR
     except BaseException as e:          # e.g. the package is missing: never lock anyone out
-        _last_resort_log(f"pam_vrf: cannot run ({type(e).__name__}: {e}); session left unplaced")
+        _last_resort_log(f"cannot run ({type(e).__name__}: {e}); session left unplaced")
         return pamh.PAM_IGNORE
 
 

@@ -163,8 +163,15 @@ def netns_level(path):
 
 def ensure(path):
     """Create a cgroup directory (and its parents) if missing."""
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path.rstrip("/"))
+    ensure(parent)
     try:
-        os.makedirs(path, 0o755, exist_ok=True)
+        os.mkdir(path)
+        os.chmod(path, 0o755)       # readable for `ip vrf pids` whatever our umask
+    except FileExistsError:
+        pass
     except OSError as e:
         raise CgroupError(f"cannot create cgroup {path}: {e.strerror}") from None
 

@@ -83,10 +83,17 @@ def cmd_pids(args):
     except cgroup.CgroupError as e:
         _err(e)
         return 1
+    status = 0
     for path in dirs:
-        for pid in cgroup.members(path):
+        try:
+            pids = cgroup.members(path)
+        except OSError as e:
+            _err(f"cannot read {path}: {e.strerror}")
+            status = 1
+            continue
+        for pid in pids:
             print(f"{pid:>5}  {_comm(pid)}")
-    return 0
+    return status
 
 
 def _describe_settings(settings, foreign_netns):
@@ -154,9 +161,8 @@ def cmd_pam_exec(args):
     from pam_vrf import session
     if os.environ.get("PAM_TYPE") != "open_session":
         return 0
-    options = session.parse_options(args.options)
-    verdict = session.open_session(os.environ.get("PAM_USER", ""), os.environ.get("PAM_SERVICE"),
-                                   os.getppid(), options)
+    verdict = session.hook(os.environ.get("PAM_USER", ""), os.environ.get("PAM_SERVICE"),
+                           os.getppid(), args.options)
     return 0 if verdict == session.PROCEED else 1
 
 
@@ -164,7 +170,22 @@ def cmd_exec(args):
     """Run a command in a VRF. Root places itself (as `ip vrf exec` does);
     other users ask the helper, which checks vrf.conf's exec= permission."""
     from pam_vrf import client
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    command = list(args.command)
+    while command and command[0] != "--" and command[0].startswith("--"):
+        option = command.pop(0)       # options written after VRF (argparse leaves them here)
+        if option == "--plain":
+            args.plain = True
+        elif option == "--via-helper":
+            args.via_helper = True
+        elif option == "--socket" and command:
+            args.socket = command.pop(0)
+        elif option.startswith("--socket="):
+            args.socket = option.split("=", 1)[1]
+        else:
+            _err(f"unknown option {option} (options go before the command's '--')")
+            return 2
+    if command[:1] == ["--"]:
+        command = command[1:]
     if not command:
         _err("no command given: pam-vrf exec VRF -- COMMAND [ARGS...]")
         return 2

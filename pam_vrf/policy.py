@@ -264,17 +264,21 @@ class GroupNames:
         return self._gids[name]
 
 
+ANY_SERVICE = object()      # decide() for `pam-vrf exec`: services= lists do not filter
+
+
 def decide(rules, who, service=None):
     """The first rule that matches the account and PAM service, or None.
 
     `who` is an Account (see account()) or a user name. None means no line
-    matched: the session is left alone, as with target '-'.
+    matched: the session is left alone, as with target '-'. With
+    service=ANY_SERVICE, services= lists are ignored (exec= permissions).
     """
     if isinstance(who, str):
         who = account(who)
     groups = None
     for rule in rules:
-        if rule.services and service not in rule.services:
+        if rule.services and service is not ANY_SERVICE and service not in rule.services:
             continue
         if rule.who == "*" or rule.who == who.user:
             return rule

@@ -26,8 +26,8 @@ Options = namedtuple("Options", ["config", "socket", "debug"],
                      defaults=[policy.DEFAULT_CONFIG, protocol.DEFAULT_SOCKET, False])
 
 
-def parse_options(args, log=None):
-    """PAM module arguments: config=PATH socket=PATH debug."""
+def parse_options(args):
+    """PAM module arguments: config=PATH socket=PATH debug (others: see hook())."""
     found = {}
     for arg in args:
         key, eq, value = arg.partition("=")
@@ -35,9 +35,17 @@ def parse_options(args, log=None):
             found[key] = value
         elif arg == "debug":
             found["debug"] = True
-        elif log:
-            log.warning(f"ignoring unknown module argument '{arg}'")
     return Options(**found)
+
+
+def hook(user, service, pid, args):
+    """What the PAM entry points call: module arguments in, verdict out."""
+    options = parse_options(args)
+    log = Logger("pam_vrf", options.debug)
+    for arg in args:
+        if arg not in ("debug",) and arg.partition("=")[0] not in ("config", "socket"):
+            log.warning(f"ignoring unknown module argument '{arg}'")
+    return open_session(user, service, pid, options, log)
 
 
 class PlacementError(Exception):

@@ -82,7 +82,7 @@ class Lab:
             # test policy
             {extra}
             @{self.group}         {self.target}  plain services={self.service},pvt-exec{self.tag},pvt-pp{self.tag}
-            @{self.strict_group}  {self.target}  plain deny=inet6 strict
+            @{self.strict_group}  {self.target}  plain deny=inet6 strict exec={self.target}
             @{self.exec_group}    default        exec={self.target} plain
             *                     -
         """)
@@ -355,3 +355,28 @@ def test_pam_vrf_exec_for_permitted_user_and_refused_for_others(lab):
     proc = lab.ssh(other, command, check=False)
     assert proc.returncode == 1
     assert f"cannot enter VRF {lab.target}" in proc.stderr and "may not enter" in proc.stderr, proc.stderr
+
+
+def test_pam_vrf_exec_cannot_weaken_a_login_rule(lab):
+    restricted, permitted = lab.user(lab.strict_group), lab.user(lab.exec_group)
+    exec_probe = f"{PAM_VRF} exec --socket {lab.helper.socket} {lab.target} -- {PY} {lab.dir}/probe.py"
+    # Entering the VRF one is already in changes nothing: deny=inet6 stays.
+    result = json.loads(lab.ssh(restricted, exec_probe).stdout.strip().splitlines()[-1])
+    assert result["tcp4"] == lab.target and result["tcp6"] == "errno:1", result
+
+    # Without logind, sessions of one VRF share a cgroup: while the restricted
+    # session is in it, an exec= rule without deny may not replace its program.
+    session = subprocess.Popen(lab.ssh_argv(restricted, f"{PY} {lab.dir}/probe.py --wait"),
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert json.loads(session.stdout.readline())["tcp6"] == "errno:1"
+        mark = lab.syslog.mark()
+        proc = lab.ssh(permitted, exec_probe, check=False)
+        assert proc.returncode == 1 and "placed under another rule" in proc.stderr, proc.stderr
+        lab.syslog.wait_for(["refused place", "placed under another rule"], mark)
+        session.stdin.write("again\n")
+        session.stdin.flush()
+        assert json.loads(session.stdout.readline())["tcp6"] == "errno:1"
+    finally:
+        session.stdin.close()
+        session.wait(timeout=30)

@@ -14,7 +14,7 @@ import json
 import os
 from typing import NamedTuple
 
-from pam_vrf import programs
+from pam_vrf import cgroup, programs
 from pam_vrf.bpf import sockprog
 from pam_vrf.sockspec import parse_item
 
@@ -23,6 +23,11 @@ class Entry(NamedTuple):
     vrf: str
     rule: dict          # protocol.rule_fields(): deny texts, mark, priority, plain
     ifindex: int
+
+
+class Conflict(Exception):
+    """The cgroup is in use under another rule: replacing its program would
+    change (e.g. weaken) what applies to the processes already in it."""
 
 
 def settings(rule, ifindex):
@@ -39,11 +44,30 @@ class Attachments:
         self._load_state()
 
     def attach(self, path, vrf, rule, ifindex):
-        """Attach the program for (rule, ifindex) to `path`; returns the program id."""
+        """Attach the program for (rule, ifindex) to `path`; returns the program id.
+
+        Raises Conflict when `path` has processes placed under a different rule
+        (sessions sharing a cgroup without logind, or `pam-vrf exec` into a
+        VRF whose cgroup a stricter login rule made).
+        """
+        current = self.entries.get(path)
+        if current is not None and current.rule != rule and cgroup.members(path):
+            raise Conflict(f"{path} holds processes placed under another rule for {vrf} "
+                           f"({_rule_text(current.rule)}); not replacing it with ({_rule_text(rule)})")
         prog_id = programs.attach(path, prog_fd=self._program(settings(rule, ifindex)))
         self.entries[path] = Entry(vrf, rule, ifindex)
         self._save_state()
         return prog_id
+
+    def refresh(self, resolve):
+        """At start: re-attach VRFs whose ifindex changed while we were down.
+        `resolve(vrf, plain)` returns the current ifindex or raises."""
+        for vrf, plain in {(e.vrf, e.rule["plain"]) for e in self.entries.values()}:
+            try:
+                self.relink(vrf, resolve(vrf, plain))
+            except Exception as e:
+                if self.log:
+                    self.log.warning(f"cannot check {vrf} of remembered attachments: {e}")
 
     def relink(self, vrf, ifindex):
         """A VRF (re)appeared with `ifindex`: re-attach its stale cgroups. Returns how many."""
@@ -110,3 +134,9 @@ class Attachments:
                 self.log.warning(f"ignoring unreadable state file {self.state_file}: {e}")
             self.entries = {}
         self.prune()
+
+
+def _rule_text(rule):
+    words = [f"deny={','.join(rule['deny'])}"] if rule["deny"] else []
+    words += [f"{k}={rule[k]}" for k in ("mark", "priority") if rule[k] is not None]
+    return " ".join(words) or "bind only"

@@ -77,6 +77,7 @@ def main(argv=None):
         return 1
     links = Links()
     attachments = Attachments(state, log)
+    attachments.refresh(links.resolve)
     server = Server(listener, Handler(attachments, links, args.config, log), links, log)
 
     def stop(signum, frame):

@@ -14,10 +14,9 @@ import pwd
 from typing import NamedTuple
 
 from pam_vrf import cgroup, netdev, policy, protocol
+from pam_vrf.helper.attachments import Conflict
 from pam_vrf.helper.links import DeviceError
 from pam_vrf.sockspec import parse_item
-
-EXEC_SERVICE = "pam-vrf"       # the PAM-style service name `pam-vrf exec` is decided as
 
 
 class Refused(Exception):
@@ -41,6 +40,7 @@ class Handler:
 
     def handle(self, request, peer):
         op = request.get("op")
+        self.log.debug(f"request {op!r} from {peer}")
         try:
             if op == "ping":
                 return protocol.reply(version=protocol.VERSION)
@@ -93,7 +93,7 @@ class Handler:
     def _attach(self, path, vrf, rule, ifindex):
         try:
             return self.attachments.attach(path, vrf, rule, ifindex)
-        except OSError as e:
+        except (OSError, Conflict) as e:
             raise Refused(str(e)) from None
 
     # -- place (pam-vrf exec) ------------------------------------------------
@@ -109,6 +109,10 @@ class Handler:
         rule = self._exec_rule(peer, vrf)
         try:
             path = cgroup.vrf_path(vrf, pid, netns=self.netns)
+            if cgroup.fs_path(cgroup.cgroup_of(pid)) == path:
+                # Already there: re-attaching would put the exec rule's program
+                # in place of the login rule's (and could drop its deny= items).
+                return protocol.reply(cgroup=path)
             cgroup.ensure(path)
             if vrf != policy.DEFAULT_VRF:
                 fields = protocol.rule_fields(rule) if rule else {"deny": [], "mark": None,
@@ -134,7 +138,8 @@ class Handler:
             rules = policy.load(self.config)
         except policy.ConfigError as e:
             raise Refused(f"policy unreadable: {e}") from None
-        rule = policy.decide(rules, user, EXEC_SERVICE)
+        # exec= belongs to the user's first rule, whatever services= it names.
+        rule = policy.decide(rules, user, policy.ANY_SERVICE)
         if rule is None or vrf not in rule.exec:
             where = f" (rule {rule.where})" if rule else ""
             raise Refused(f"{user} may not enter VRF {vrf}: no exec={vrf} in vrf.conf{where}")
