@@ -17,7 +17,14 @@ def request(message, path=protocol.DEFAULT_SOCKET, timeout=protocol.TIMEOUT):
     try:
         sock.settimeout(timeout)
         try:
-            sock.connect(path)
+            while True:
+                try:
+                    sock.connect(path)
+                    break
+                except BlockingIOError:     # listen backlog full: retry until the deadline
+                    if time.monotonic() + 0.005 >= deadline:
+                        raise socket.timeout from None
+                    time.sleep(0.005)
         except FileNotFoundError:
             raise HelperError(f"helper not running (no socket {path})") from None
         except ConnectionRefusedError:
@@ -27,7 +34,10 @@ def request(message, path=protocol.DEFAULT_SOCKET, timeout=protocol.TIMEOUT):
         except OSError as e:
             raise HelperError(f"cannot reach helper at {path}: {e.strerror}") from None
         try:
-            sock.sendall(protocol.encode({"v": protocol.VERSION, **message}))
+            try:
+                sock.sendall(protocol.encode({"v": protocol.VERSION, **message}))
+            except (BrokenPipeError, ConnectionResetError):
+                pass            # the helper answered (busy) and closed first: read why
             sock.settimeout(max(0.001, deadline - time.monotonic()))
             data = sock.recv(protocol.MAX_MESSAGE + 1)
         except socket.timeout:

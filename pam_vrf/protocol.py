@@ -40,11 +40,11 @@ def decode(data):
         raise ProtocolError(f"message larger than {MAX_MESSAGE} bytes")
     try:
         obj = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise ProtocolError(f"not JSON: {e}") from None
     if not isinstance(obj, dict):
         raise ProtocolError("not a JSON object")
-    if obj.get("v") != VERSION:
+    if type(obj.get("v")) is not int or obj["v"] != VERSION:
         raise ProtocolError(f"unsupported protocol version {obj.get('v')!r} (this side speaks {VERSION})")
     return obj
 

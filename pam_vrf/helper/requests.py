@@ -113,11 +113,14 @@ class Handler:
                 # Already there: re-attaching would put the exec rule's program
                 # in place of the login rule's (and could drop its deny= items).
                 return protocol.reply(cgroup=path)
-            cgroup.ensure(path)
-            if vrf != policy.DEFAULT_VRF:
+            ifindex = None
+            if vrf != policy.DEFAULT_VRF:     # the device first: no cgroup for a refusal
                 fields = protocol.rule_fields(rule) if rule else {"deny": [], "mark": None,
                                                                   "priority": None, "plain": False}
-                self._attach(path, vrf, fields, self._resolve(vrf, fields["plain"]))
+                ifindex = self._resolve(vrf, fields["plain"])
+            cgroup.ensure(path)
+            if ifindex is not None:
+                self._attach(path, vrf, fields, ifindex)
             self._alive(peer, pid)
             cgroup.move(pid, path)
             self._alive(peer, pid)

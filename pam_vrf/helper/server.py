@@ -7,6 +7,7 @@ thread means no locking around the attachment table.
 
 import errno
 import os
+import select
 import selectors
 import socket
 import struct
@@ -17,6 +18,7 @@ from pam_vrf.helper.requests import Peer
 
 SO_PEERPIDFD = 77           # Linux >= 6.5
 MAX_CLIENTS = 128
+MAX_PER_UID = 16            # one non-root user cannot take every slot
 CLIENT_DEADLINE = protocol.TIMEOUT
 
 
@@ -33,12 +35,39 @@ def peer_of(conn):
     return Peer(pid, uid, gid, pidfd)
 
 
+def peer_uid(conn):
+    return struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                               struct.calcsize("3i")))[1]
+
+
+def _hung_up(conn):
+    """After a zero-length read: did the peer close (EOF), or send an empty message?"""
+    poll = select.poll()
+    poll.register(conn, select.POLLRDHUP)
+    return bool(poll.poll(0))
+
+
+def _close(conn):
+    """Close without resetting the peer: a close() with unread data makes the
+    peer's recv() fail with ECONNRESET instead of returning our answer."""
+    try:
+        conn.shutdown(socket.SHUT_RD)
+        for _ in range(64):
+            if not conn.recv(protocol.MAX_MESSAGE + 1, socket.MSG_DONTWAIT):
+                break
+    except OSError:
+        pass
+    conn.close()
+
+
 class Server:
     def __init__(self, listener, handler, links, log):
         self.listener, self.handler, self.links, self.log = listener, handler, links, log
         self.clients = {}          # socket -> deadline
+        self.uids = {}             # socket -> peer uid
         self.sel = selectors.DefaultSelector()
         self.stopping = False
+        self._busy = (0.0, 0)      # (time of the last busy warning, refusals not yet logged)
 
     def serve_forever(self):
         self.listener.setblocking(False)
@@ -73,14 +102,30 @@ class Server:
                 self.log.err("out of file descriptors; dropping a connection")
                 time.sleep(0.01)
             return
-        if len(self.clients) >= MAX_CLIENTS:
-            self.log.warning(f"more than {MAX_CLIENTS} clients at once; refusing a connection")
-            self._send(conn, protocol.reply(False, error="helper busy"))
-            conn.close()
-            return
+        uid = peer_uid(conn)
+        if uid != 0:        # root (the PAM hook) is never turned away
+            mine = sum(1 for u in self.uids.values() if u == uid)
+            if len(self.clients) >= MAX_CLIENTS or mine >= MAX_PER_UID:
+                self._busy_warning(uid)
+                self._send(conn, protocol.reply(False, error="helper busy"))
+                _close(conn)
+                return
         conn.setblocking(False)
+        self.uids[conn] = uid
         self.clients[conn] = time.monotonic() + CLIENT_DEADLINE
         self.sel.register(conn, selectors.EVENT_READ, "client")
+
+    def _busy_warning(self, uid):
+        """One line a second at most: a flood must not flood syslog too."""
+        last, count = self._busy
+        now = time.monotonic()
+        if now - last < 1.0:
+            self._busy = (last, count + 1)
+            return
+        more = f" (and {count} more refusals in the last second)" if count else ""
+        self.log.warning(f"more than {MAX_CLIENTS} clients at once, or {MAX_PER_UID} of uid {uid}: "
+                         f"refusing a connection{more}")
+        self._busy = (now, 0)
 
     def _serve(self, conn):
         try:
@@ -90,11 +135,13 @@ class Server:
         except OSError:
             self._drop(conn)
             return
-        if not data:
+        if not data and _hung_up(conn):
             self._drop(conn)
             return
         peer = peer_of(conn)
         try:
+            if not data:
+                raise protocol.ProtocolError("empty message")
             if flags & socket.MSG_TRUNC or len(data) > protocol.MAX_MESSAGE:
                 raise protocol.ProtocolError(f"message larger than {protocol.MAX_MESSAGE} bytes")
             request = protocol.decode(data)
@@ -118,8 +165,9 @@ class Server:
     def _drop(self, conn):
         if conn in self.clients:
             del self.clients[conn]
+            self.uids.pop(conn, None)
             self.sel.unregister(conn)
-        conn.close()
+        _close(conn)
 
     def _expire(self):
         now = time.monotonic()
