@@ -1,0 +1,467 @@
+"""What every pam-vrf benchmark needs: a unique tag, a cleanup stack that
+also runs on Ctrl-C / SIGTERM, a sweep of what a killed earlier run left
+behind, commands, statistics, a network namespace with a veth target, a
+sandbox cgroup, throwaway users and groups, the helper as in production
+(non-root, ambient caps) and a syslog sink where the host has none.
+
+Every name carries the run's tag: pam.d files `bench-pvt<tag>*`, netns /
+users / groups `pvb<tag>*`, the cgroup `<mount>/pam-vrf-bench-<tag>`,
+the directory /tmp/pam-vrf-bench-<tag>. /run/pam-vrf-bench/<tag>.json
+records the run (pid, whether it made /dev/log) so the next run can sweep
+it if this one was killed with SIGKILL.
+"""
+
+import contextlib
+import glob
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+
+PY = "/usr/bin/python3"
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HELPER_BIN = "/usr/local/sbin/pam-vrf-helper"
+HOOK = "/usr/lib/pam-vrf/pam_vrf.py"
+REGISTRY = "/run/pam-vrf-bench"
+PREFIX = "pvb"                  # netns, users, groups, devices start with PREFIX + tag
+PAM_PREFIX = "bench-pvt"        # /etc/pam.d/bench-pvt<tag><x>
+CGROUP_PREFIX = "pam-vrf-bench-"
+
+
+def say(*parts):
+    print(*parts, flush=True)
+
+
+def sh(*argv, check=True, **kw):
+    proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True, **kw)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, argv))} -> {proc.returncode}\n{proc.stdout}{proc.stderr}")
+    return proc
+
+
+# -- statistics --------------------------------------------------------------------
+
+def median(values):
+    return statistics.median(values) if values else float("nan")
+
+
+def interleaved(variants, rounds, run_one, warmup=1):
+    """Run every variant once per round, in an order that rotates each round
+    (A B C, B C A, ...): returns {name: [values]}. run_one(name) -> value."""
+    names = list(variants)
+    for _ in range(warmup):
+        for name in names:
+            run_one(name)
+    out = {name: [] for name in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            out[name].append(run_one(name))
+    return out
+
+
+def paired_ratio(samples, num, den):
+    """Median of the per-round ratios num/den (each round ran both side by side)."""
+    return median([a / b for a, b in zip(samples[num], samples[den]) if b])
+
+
+def spread(values):
+    """'min–max' for notes."""
+    return f"{min(values):.3g}–{max(values):.3g}" if values else "-"
+
+
+# -- cleanup --------------------------------------------------------------------
+
+class Run:
+    """The tag, a temp dir and a LIFO of cleanups, run on any exit."""
+
+    def __init__(self):
+        self.tag = uuid.uuid4().hex[:5]
+        self.dir = tempfile.mkdtemp(prefix=f"pam-vrf-bench-{self.tag}-")
+        os.chmod(self.dir, 0o755)
+        self._stack = []
+        self.record = {"pid": os.getpid(), "own_dev_log": False, "dir": self.dir}
+        os.makedirs(REGISTRY, exist_ok=True)
+        self._save()
+
+    def runtime_dir(self):
+        """A tmpfs like production's /run (here /run is on disk): the helper keeps its
+        socket and attachments.json there, and a rename on ext4 costs a data flush."""
+        path = os.path.join(self.dir, "run")
+        if not os.path.ismount(path):
+            os.makedirs(path, exist_ok=True)
+            sh("mount", "-t", "tmpfs", "-o", "size=64m,mode=0755", f"pvb{self.tag}", path)
+            self.defer(sh, "umount", "-l", path, check=False)
+        return path
+
+    def name(self, suffix=""):
+        return f"{PREFIX}{self.tag}{suffix}"
+
+    def _save(self):
+        with open(os.path.join(REGISTRY, f"{self.tag}.json"), "w") as f:
+            json.dump(self.record, f)
+
+    def note(self, **fields):
+        self.record.update(fields)
+        self._save()
+
+    def defer(self, fn, *args, **kw):
+        self._stack.append((fn, args, kw))
+
+    def close(self):
+        # Signals must not interrupt the cleanup itself.
+        old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        try:
+            while self._stack:
+                fn, args, kw = self._stack.pop()
+                try:
+                    fn(*args, **kw)
+                except Exception as e:           # keep cleaning
+                    say(f"  cleanup: {getattr(fn, '__name__', fn)}: {type(e).__name__}: {e}")
+            sweep_tag(self.tag, self.record)
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+
+def install_signal_handlers():
+    def stop(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"bench" in f.read()
+    except OSError:
+        return False
+
+
+def sweep_stale():
+    """Remove what earlier runs that died without cleaning up left behind."""
+    for path in glob.glob(os.path.join(REGISTRY, "*.json")):
+        tag = os.path.basename(path)[:-5]
+        try:
+            with open(path) as f:
+                record = json.load(f)
+        except (OSError, ValueError):
+            record = {}
+        if record.get("pid") and _alive(record["pid"]):
+            continue
+        say(f"sweeping leftovers of an interrupted bench run (tag {tag})")
+        sweep_tag(tag, record)
+
+
+def sweep_tag(tag, record):
+    """Remove every resource named after `tag` (idempotent)."""
+    stem = f"{PREFIX}{tag}"
+    for path in glob.glob(f"/etc/pam.d/{PAM_PREFIX}{tag}*"):
+        os.unlink(path)
+    for line in sh("ip", "netns", "list", check=False).stdout.splitlines():
+        name = line.split()[0] if line.split() else ""
+        if name.startswith(stem):
+            for pid in sh("ip", "netns", "pids", name, check=False).stdout.split():
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
+            sh("ip", "netns", "del", name, check=False)
+    mount = cgroup_mount()
+    if mount:
+        remove_cgroup_tree(os.path.join(mount, CGROUP_PREFIX + tag))
+    users = [p.pw_name for p in pwd.getpwall() if p.pw_name.startswith(stem)]
+    for user in users:
+        sh("userdel", "-f", user, check=False)
+    groups = [line.split(":", 1)[0] for line in open("/etc/group") if line.startswith(stem)]
+    for group in groups:
+        sh("groupdel", group, check=False)
+    if record.get("own_dev_log"):
+        with contextlib.suppress(OSError):
+            import stat
+            if stat.S_ISSOCK(os.lstat("/dev/log").st_mode):
+                os.unlink("/dev/log")
+    if record.get("dir"):
+        with open("/proc/self/mounts") as f:
+            points = [line.split()[1] for line in f if record["dir"] in line.split()[1]]
+        for point in sorted(points, key=len, reverse=True):
+            sh("umount", "-l", point, check=False)
+        shutil.rmtree(record["dir"], ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(REGISTRY, f"{tag}.json"))
+
+
+# -- cgroups --------------------------------------------------------------------
+
+def cgroup_mount():
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            dash = fields.index("-")
+            if fields[dash + 1] == "cgroup2":
+                return fields[4]
+    return None
+
+
+def hierarchy(path):
+    mount = cgroup_mount()
+    assert path.startswith(mount + "/"), path
+    return path[len(mount):]
+
+
+def members(path):
+    try:
+        with open(os.path.join(path, "cgroup.procs")) as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def remove_cgroup_tree(path):
+    if not os.path.isdir(path):
+        return
+    for _ in range(50):
+        pids = [p for d, _, _ in os.walk(path) for p in members(d)]
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+    for here, _, _ in sorted(os.walk(path), key=lambda w: -w[0].count("/")):
+        for _ in range(40):
+            try:
+                os.rmdir(here)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.05)
+
+
+def join_cgroup(path):
+    """A preexec_fn that moves the child into cgroup `path`."""
+    def run():
+        with open(os.path.join(path, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
+    return run
+
+
+# -- the lab: netns + veth target + sandbox cgroup + helper ------------------------
+
+class Lab:
+    def __init__(self, run):
+        self.run = run
+        self.ns = run.name("n")
+        self.target = run.name("v")          # 'pvb' + 5 + 1 = 9 chars < IFNAMSIZ
+        self.peer = run.name("q")
+        sh("ip", "netns", "add", self.ns)
+        run.defer(sh, "ip", "netns", "del", self.ns, check=False)
+        sh("ip", "-n", self.ns, "link", "set", "lo", "up")
+        self.add_target()
+        self.sandbox = os.path.join(cgroup_mount(), CGROUP_PREFIX + run.tag)
+        os.mkdir(self.sandbox)
+        run.defer(remove_cgroup_tree, self.sandbox)
+
+    def add_target(self):
+        sh("ip", "-n", self.ns, "link", "add", self.target, "type", "veth", "peer", "name", self.peer)
+        sh("ip", "-n", self.ns, "link", "set", self.target, "up")
+        return self.ifindex()
+
+    def ifindex(self):
+        out = sh("ip", "-n", self.ns, "-j", "link", "show", "dev", self.target).stdout
+        return json.loads(out)[0]["ifindex"]
+
+    def cgroup(self, *parts):
+        path = os.path.join(self.sandbox, *parts)
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    def nsenter(self, argv):
+        return ["nsenter", f"--net=/run/netns/{self.ns}", *argv]
+
+    def write(self, name, text, mode=0o644):
+        path = os.path.join(self.run.dir, name)
+        with open(path, "w") as f:
+            f.write(text)
+        os.chmod(path, mode)
+        return path
+
+    def pam_service(self, suffix, session_line):
+        name = f"{PAM_PREFIX}{self.run.tag}{suffix}"
+        path = f"/etc/pam.d/{name}"
+        with open(path, "w") as f:
+            f.write("auth     required  pam_permit.so\n"
+                    "account  required  pam_permit.so\n"
+                    "session  required  pam_permit.so\n"
+                    f"{session_line}\n")
+        self.run.defer(_unlink, path)
+        return name
+
+
+def _unlink(path):
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def add_user(run, suffix, groups=()):
+    name = run.name(suffix)
+    argv = ["useradd", "--system", "--user-group", "--no-create-home", "--shell", "/bin/sh"]
+    if groups:
+        argv += ["-G", ",".join(groups)]
+    sh(*argv, name)
+    run.defer(_del_user, name)
+    return pwd.getpwnam(name)
+
+
+def _del_user(name):
+    sh("userdel", "-f", name, check=False)
+    sh("groupdel", name, check=False)
+
+
+class Helper:
+    """pam-vrf-helper as in production: a throwaway non-root user holding
+    ambient CAP_BPF,CAP_NET_ADMIN(,CAP_DAC_OVERRIDE), inside the lab's netns.
+    Its output lines are kept with their arrival time (time.monotonic)."""
+
+    CAPS = "+bpf,+net_admin,+dac_override"
+
+    def __init__(self, lab, config, suffix="h", profile=None):
+        self.lab = lab
+        self.user = add_user(lab.run, suffix)
+        self.workdir = os.path.join(lab.run.runtime_dir(), f"helper-{suffix}")
+        os.mkdir(self.workdir)
+        os.chown(self.workdir, self.user.pw_uid, self.user.pw_gid)
+        os.chmod(self.workdir, 0o755)
+        self.socket = os.path.join(self.workdir, "helper.sock")
+        self.config = config
+        self.profile = profile and os.path.join(self.workdir, "helper.prof")
+        self.lines = []
+        self.cond = threading.Condition()
+        self.proc = None
+        lab.run.defer(self.stop)
+
+    def argv(self):
+        cmd = [HELPER_BIN]
+        if self.profile:
+            cmd = [PY, "-m", "cProfile", "-o", self.profile, HELPER_BIN]
+        return self.lab.nsenter([
+            "setpriv", "--reuid", str(self.user.pw_uid), "--regid", str(self.user.pw_gid),
+            "--init-groups", "--inh-caps", self.CAPS, "--ambient-caps", self.CAPS,
+            *cmd, "--socket", self.socket, "--config", self.config])
+
+    def start(self):
+        from pam_vrf import client
+        self.proc = subprocess.Popen(self.argv(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     cwd="/")
+        threading.Thread(target=self._read, daemon=True).start()
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client.call({"op": "ping"}, self.socket)
+                return self
+            except client.HelperError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("helper did not start:\n" + self.output())
+                time.sleep(0.05)
+
+    def _read(self):
+        for raw in self.proc.stdout:
+            with self.cond:
+                self.lines.append((time.monotonic(), raw.decode(errors="replace").rstrip("\n")))
+                self.cond.notify_all()
+
+    def output(self):
+        with self.cond:
+            return "\n".join(line for _, line in self.lines)
+
+    def mark(self):
+        with self.cond:
+            return len(self.lines)
+
+    def count(self, needle, mark=0):
+        with self.cond:
+            return sum(1 for _, line in self.lines[mark:] if needle in line)
+
+    def wait_for(self, needle, mark=0, timeout=10):
+        """(arrival time, line) of the first line since `mark` containing needle, or None."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                for when, line in self.lines[mark:]:
+                    if needle in line:
+                        return when, line
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self.cond.wait(left)
+
+    def memory(self):
+        """{'VmHWM': kB, 'VmRSS': kB} of the helper process (the kernel's accounting)."""
+        out = {}
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                key = line.split(":", 1)[0]
+                if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile", "VmSize"):
+                    out[key] = int(line.split()[1])
+        return out
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+# -- syslog -----------------------------------------------------------------------
+
+class SyslogSink:
+    """Drains /dev/log while the bench runs, where the host has no syslog
+    daemon, so the hook's syslog write costs what it costs on a real host
+    (a datagram to a listening socket) instead of a failed connect."""
+
+    def __init__(self, run):
+        self.own = not os.path.lexists("/dev/log")
+        self.count = 0
+        if not self.own:
+            return
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind("/dev/log")
+        run.note(own_dev_log=True)
+        os.chmod("/dev/log", 0o666)
+        run.defer(self.close)
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self):
+        while True:
+            try:
+                self.sock.recv(65536)
+            except OSError:
+                return
+            self.count += 1
+
+    def close(self):
+        self.sock.close()
+        _unlink("/dev/log")
+
+
+def machine():
+    cpu = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {"kernel": os.uname().release, "cpu": cpu, "cores": os.cpu_count(),
+            "python": sys.version.split()[0]}

@@ -1,0 +1,106 @@
+"""P3 — what the program costs every socket().
+
+Three long-lived worker processes inside the lab's netns, each in its own
+sandbox cgroup:
+    none    no program in the cgroup or above (an unplaced process)
+    plain   the program of a `TARGET plain` rule (bind to the veth)
+    deny5   the program of `TARGET plain deny=<5 items>`, none matching TCP
+Each sample is N x socket(AF_INET, SOCK_STREAM)+close in one worker;
+rounds run every worker once in rotating order, the figures are medians of
+per-round ratios against `none`. Done twice: a Python loop
+(socket.socket().close(): interpreter overhead dilutes the ratio) and a
+small C program (gcc -O2): the purer number.
+"""
+
+import os
+import subprocess
+import textwrap
+
+from bench_common import PY, REPO, interleaved, join_cgroup, median, paired_ratio, say, sh
+
+# Items a TCP socket must get past: 2 fail on family, 2 on type, 1 only on protocol.
+DENY5 = "inet6,raw,dgram,inet:seqpacket,inet:stream:sctp"
+
+PY_WORKER = textwrap.dedent("""\
+    import socket, sys, time
+    sock = socket.socket
+    for line in sys.stdin:
+        if line.startswith("check"):
+            s = sock(socket.AF_INET, socket.SOCK_STREAM)
+            dev = s.getsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, 16).rstrip(b"\\0").decode() or "-"
+            s.close()
+            try:
+                sock(socket.AF_INET, socket.SOCK_DGRAM).close(); err = 0
+            except OSError as e:
+                err = e.errno
+            print(dev, err, flush=True)
+            continue
+        n = int(line)
+        t0 = time.perf_counter_ns()
+        for _ in range(n):
+            sock().close()
+        print(time.perf_counter_ns() - t0, flush=True)
+""")
+
+
+class Worker:
+    def __init__(self, argv, cgroup_dir):
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     preexec_fn=join_cgroup(cgroup_dir), cwd="/")
+
+    def ask(self, line):
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        answer = self.proc.stdout.readline().strip()
+        if not answer or answer.startswith("error"):
+            raise RuntimeError(f"socket worker: {answer or 'died'}")
+        return answer
+
+    def close(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+def _attach_rule(path, rule_text, ifindex):
+    from pam_vrf import policy, programs
+    rule = policy.parse(rule_text + "\n", "bench")[0]
+    return programs.attach(path, programs.settings_for(rule, ifindex))
+
+
+def bench(lab, py_iters=200_000, c_iters=200_000, rounds=7):
+    from pam_vrf.bpf import cgroup_link
+    run = lab.run
+    binary = os.path.join(run.dir, "sockloop")
+    sh("gcc", "-O2", "-Wall", "-o", binary, os.path.join(REPO, "bench", "sockloop.c"))
+    os.chmod(binary, 0o755)
+    ifindex = lab.ifindex()
+    dirs = {"none": lab.cgroup("p3", "none"),
+            "plain": lab.cgroup("p3", "plain", "vrf", lab.target),
+            "deny5": lab.cgroup("p3", "deny5", "vrf", lab.target)}
+    _attach_rule(dirs["plain"], f"* {lab.target} plain", ifindex)
+    _attach_rule(dirs["deny5"], f"* {lab.target} plain deny={DENY5}", ifindex)
+    effective = {k: cgroup_link.effective(d) for k, d in dirs.items()}
+    if effective["none"] or len(effective["plain"]) != 1 or len(effective["deny5"]) != 1:
+        raise RuntimeError(f"unexpected effective programs: {effective}")
+
+    result = {"deny5": DENY5}
+    for kind, argv, iters in (("C", [binary], c_iters), ("Python", [PY, "-c", PY_WORKER], py_iters)):
+        workers = {k: Worker(lab.nsenter(argv), d) for k, d in dirs.items()}
+        try:
+            checks = {k: w.ask("check") for k, w in workers.items()}
+            expect = {"none": "- 0", "plain": f"{lab.target} 0", "deny5": f"{lab.target} 1"}
+            if checks != expect:
+                raise RuntimeError(f"P3 {kind}: the programs are not what they should be: {checks} != {expect}")
+            say(f"P3: {kind} loop, {rounds} rounds x 3 cgroups x {iters} socket()+close()")
+            samples = interleaved(workers, rounds, lambda k: int(workers[k].ask(str(iters))) / iters)
+        finally:
+            for w in workers.values():
+                w.close()
+        result[kind] = {
+            "iters": iters, "rounds": rounds, "checks": checks,
+            "ns_per_op": {k: median(v) for k, v in samples.items()},
+            "samples": samples,
+            "ratio_plain": paired_ratio(samples, "plain", "none"),
+            "ratio_deny5": paired_ratio(samples, "deny5", "none"),
+        }
+    return result
