@@ -137,7 +137,9 @@ def fs_path(cgroup, mount=None):
     """
     found = find_mount()
     if mount is None:
-        mount = mount_point()
+        if not found:
+            mount_point()           # raises the usual "no cgroup2" error
+        mount = found[0]
     root = found[1] if found and found[0] == mount else "/"
     if root != "/":
         if not (cgroup + "/").startswith(root.rstrip("/") + "/"):

@@ -1,7 +1,9 @@
 """Talk to pam-vrf-helper. Stdlib only; never waits more than protocol.TIMEOUT."""
 
-import socket
 import time
+
+# The C module: `socket` would pull enum, selectors... into every login.
+import _socket as socket
 
 from pam_vrf import protocol
 

@@ -6,9 +6,11 @@ So this writes RFC 3164 datagrams to /dev/log itself, one socket a call.
 """
 
 import os
-import socket
 import sys
 import time
+
+# The C module: `socket` would pull enum, selectors... into every login.
+import _socket
 
 LOG_AUTHPRIV = 10 << 3
 ERR, WARNING, NOTICE, INFO, DEBUG = 3, 4, 5, 6, 7
@@ -24,9 +26,12 @@ class Logger:
             return
         line = f"{self.ident}[{os.getpid()}]: {message}"
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)
+            try:
                 stamp = time.strftime("%b %e %H:%M:%S")
                 s.sendto(f"<{LOG_AUTHPRIV | level}>{stamp} {line}".encode(errors="replace"), self.path)
+            finally:
+                s.close()
         except OSError:
             pass
         if self.stderr:

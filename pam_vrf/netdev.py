@@ -1,7 +1,5 @@
 """Network device names and indexes, stdlib only (the helper uses pyroute2)."""
 
-import socket
-
 IFNAMSIZ = 16  # the kernel's limit, including the terminating NUL
 
 
@@ -27,6 +25,7 @@ def check_ifname(name):
 
 def ifindex(name):
     """The index of device `name` in the caller's network namespace."""
+    import socket
     try:
         return socket.if_nametoindex(name)
     except OSError:
@@ -35,6 +34,7 @@ def ifindex(name):
 
 def ifname(index):
     """The name of device `index`, or None when there is none (deleted)."""
+    import socket
     try:
         return socket.if_indextoname(index)
     except OSError:

@@ -112,7 +112,9 @@ def parse(data, filename="<string>"):
         rule = _parse_line(raw, filename, number)
         if rule is not None:
             rules.append(rule)
-    return tuple(rules)
+    rules = Rules(rules)
+    rules.group_count = len({r.who for r in rules if r.who.startswith("@")})
+    return rules
 
 
 def _decode(data, filename):
@@ -239,29 +241,50 @@ def account(user):
 
 
 class GroupNames:
-    """Resolves '@group' names to gids, each name at most once per decision.
+    """Answers "is the account in @group NAME?" through NSS, each name once.
 
-    With many distinct groups in the rules, one enumeration of the group
-    database is cheaper than a lookup per name (each is a scan of
-    /etc/group with the files backend); names the enumeration does not
-    show (SSSD/LDAP without enumerate) are still looked up one by one.
+    With few distinct groups in the rules, one getgrnam() per name. With
+    many, looking names up one by one is too slow (each is a scan of
+    /etc/group with the files backend, a round trip with LDAP; names that
+    do not exist are the worst case), so the account's own gids are turned
+    into names instead: one enumeration of the group database, plus
+    getgrgid() for gids it does not show (SSSD/LDAP without enumerate).
     """
 
     ENUMERATE_ABOVE = 32
 
-    def __init__(self, distinct_names):
-        self._gids = {}
+    def __init__(self, account, distinct_names):
+        self.gids = account.gids
+        self._member = {}
+        self._names = None
         if distinct_names > self.ENUMERATE_ABOVE:
+            names, seen = set(), set()
             for entry in grp.getgrall():
-                self._gids.setdefault(entry.gr_name, entry.gr_gid)
+                seen.add(entry.gr_gid)
+                if entry.gr_gid in self.gids:
+                    names.add(entry.gr_name)
+            for gid in self.gids - seen:
+                try:
+                    names.add(grp.getgrgid(gid).gr_name)
+                except KeyError:
+                    pass
+            self._names = names
 
-    def gid(self, name):
-        if name not in self._gids:
+    def member(self, name):
+        if self._names is not None:
+            return name in self._names
+        if name not in self._member:
             try:
-                self._gids[name] = grp.getgrnam(name).gr_gid
+                self._member[name] = grp.getgrnam(name).gr_gid in self.gids
             except KeyError:
-                self._gids[name] = None
-        return self._gids[name]
+                self._member[name] = False
+        return self._member[name]
+
+
+class Rules(tuple):
+    """The parsed policy: a tuple of Rules, plus what decide() wants to know once."""
+
+    group_count = None          # distinct '@group' names
 
 
 ANY_SERVICE = object()      # decide() for `pam-vrf exec`: services= lists do not filter
@@ -284,8 +307,10 @@ def decide(rules, who, service=None):
             return rule
         if rule.who.startswith("@"):
             if groups is None:
-                groups = GroupNames(len({r.who for r in rules if r.who.startswith("@")}))
-            gid = groups.gid(rule.who[1:])
-            if gid is not None and gid in who.gids:
+                count = getattr(rules, "group_count", None)
+                if count is None:
+                    count = len({r.who for r in rules if r.who.startswith("@")})
+                groups = GroupNames(who, count)
+            if groups.member(rule.who[1:]):
                 return rule
     return None

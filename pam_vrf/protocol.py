@@ -12,10 +12,10 @@ place   (any user) {"vrf": NAME, "pid": PID?}: move the caller (or, for
 
 RULE is {"deny": [item, ...], "mark": N|null, "priority": N|null,
 "plain": bool}, with deny items as written in vrf.conf.
-Stdlib only: the login path uses it.
+Stdlib only and light: the login path uses it (see jsonlite for why not json).
 """
 
-import json
+from pam_vrf import jsonlite
 
 VERSION = 1
 MAX_MESSAGE = 4096          # bytes; anything larger is refused unread
@@ -28,7 +28,7 @@ class ProtocolError(Exception):
 
 
 def encode(obj):
-    data = json.dumps(obj, separators=(",", ":")).encode()
+    data = jsonlite.dumps(obj).encode()
     if len(data) > MAX_MESSAGE:
         raise ProtocolError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE}")
     return data
@@ -39,7 +39,7 @@ def decode(data):
     if len(data) > MAX_MESSAGE:
         raise ProtocolError(f"message larger than {MAX_MESSAGE} bytes")
     try:
-        obj = json.loads(data.decode("utf-8"))
+        obj = jsonlite.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise ProtocolError(f"not JSON: {e}") from None
     if not isinstance(obj, dict):

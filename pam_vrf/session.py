@@ -16,7 +16,7 @@ point gets a verdict. Stdlib only and cheap: this runs in every login.
 
 from collections import namedtuple
 
-from pam_vrf import cgroup, client, policy, protocol
+from pam_vrf import cgroup, policy, protocol
 from pam_vrf.log import Logger
 
 PROCEED, REFUSE = True, False
@@ -93,6 +93,7 @@ def place(pid, rule, socket_path):
         cgroup.ensure(path)
     except cgroup.CgroupError as e:
         raise PlacementError(str(e)) from None
+    from pam_vrf import client      # only logins that are placed pay for it
     try:
         if rule.places:
             client.call({"op": "attach", "cgroup": where, "vrf": rule.target,

@@ -4,12 +4,12 @@ An item is a family, a type or FAMILY:TYPE[:PROTO]; names or numbers.
 The sock-create program only ever sees AF_INET and AF_INET6 sockets.
 """
 
-import socket
 from collections import namedtuple
 
-FAMILIES = {"inet": socket.AF_INET, "inet6": socket.AF_INET6}
-TYPES = {"stream": socket.SOCK_STREAM, "dgram": socket.SOCK_DGRAM,
-         "raw": socket.SOCK_RAW, "seqpacket": socket.SOCK_SEQPACKET}
+# Linux's values (linux/socket.h, linux/net.h); written out so that the login
+# path need not import the socket module just for constants.
+FAMILIES = {"inet": 2, "inet6": 10}
+TYPES = {"stream": 1, "dgram": 2, "raw": 3, "seqpacket": 5}
 PROTOCOLS = {"ip": 0, "icmp": 1, "tcp": 6, "udp": 17, "ipv6": 41,
              "icmpv6": 58, "sctp": 132, "udplite": 136, "mptcp": 262}
 ANY = "*"

@@ -384,7 +384,7 @@ def check_case(data, expected):
         return "error", kind
 
     rules = result
-    assert type(rules) is tuple
+    assert isinstance(rules, tuple)
     last = 0
     for rule in rules:
         check_rule(rule, data)

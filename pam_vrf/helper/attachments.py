@@ -15,7 +15,7 @@ import os
 from typing import NamedTuple
 
 from pam_vrf import cgroup, programs
-from pam_vrf.bpf import sockprog
+from pam_vrf.bpf import cgroup_link, sockprog, syscall
 from pam_vrf.sockspec import parse_item
 
 
@@ -38,12 +38,12 @@ def settings(rule, ifindex):
 class Attachments:
     def __init__(self, state_file=None, log=None):
         self.entries = {}               # cgroup path -> Entry
-        self._fds = {}                  # Settings -> loaded program fd
+        self._fds = {}                  # Settings -> (loaded program fd, program id)
         self.state_file = state_file
         self.log = log
         self._load_state()
 
-    def attach(self, path, vrf, rule, ifindex):
+    def attach(self, path, vrf, rule, ifindex, save=True):
         """Attach the program for (rule, ifindex) to `path`; returns the program id.
 
         Raises Conflict when `path` has processes placed under a different rule
@@ -54,9 +54,14 @@ class Attachments:
         if current is not None and current.rule != rule and cgroup.members(path):
             raise Conflict(f"{path} holds processes placed under another rule for {vrf} "
                            f"({_rule_text(current.rule)}); not replacing it with ({_rule_text(rule)})")
-        prog_id = programs.attach(path, prog_fd=self._program(settings(rule, ifindex)))
-        self.entries[path] = Entry(vrf, rule, ifindex)
-        self._save_state()
+        fd, prog_id = self._program(settings(rule, ifindex))
+        wanted = Entry(vrf, rule, ifindex)
+        if current == wanted and [a.prog_id for a in cgroup_link.query(path)] == [prog_id]:
+            return prog_id          # already in place (another login of the same session cgroup)
+        programs.attach(path, prog_fd=fd)
+        self.entries[path] = wanted
+        if save:
+            self._save_state()
         return prog_id
 
     def refresh(self, resolve):
@@ -71,16 +76,19 @@ class Attachments:
 
     def relink(self, vrf, ifindex):
         """A VRF (re)appeared with `ifindex`: re-attach its stale cgroups. Returns how many."""
+        if not any(e.vrf == vrf and e.ifindex != ifindex for e in self.entries.values()):
+            return 0                # the usual link event: nothing of ours changed
         self.prune()
         done = 0
         for path, entry in list(self.entries.items()):
             if entry.vrf == vrf and entry.ifindex != ifindex:
                 try:
-                    self.attach(path, vrf, entry.rule, ifindex)
+                    self.attach(path, vrf, entry.rule, ifindex, save=False)
                     done += 1
                 except OSError as e:
                     if self.log:
                         self.log.err(f"cannot re-attach {path} to {vrf} (ifindex {ifindex}): {e}")
+        self._save_state()          # once: saving per cgroup made a re-link quadratic
         self._release_unused()
         return done
 
@@ -94,15 +102,16 @@ class Attachments:
             self._release_unused()
 
     def _program(self, wanted):
-        fd = self._fds.get(wanted)
-        if fd is None:
-            fd = self._fds[wanted] = programs.load(wanted)
-        return fd
+        """(fd, id) of the loaded program for `wanted`, loading it once."""
+        if wanted not in self._fds:
+            fd = programs.load(wanted)
+            self._fds[wanted] = (fd, syscall.prog_info(fd).id)
+        return self._fds[wanted]
 
     def _release_unused(self):
         used = {settings(e.rule, e.ifindex) for e in self.entries.values()}
         for key in [k for k in self._fds if k not in used]:
-            os.close(self._fds.pop(key))
+            os.close(self._fds.pop(key)[0])
 
     def _save_state(self):
         if not self.state_file:
