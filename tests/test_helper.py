@@ -817,7 +817,12 @@ def test_restarted_helper_still_reattaches(helper_factory, vrf_conf, syslog, net
     assert placed == {"v": 1, "ok": True, "cgroup": path}, (placed, helper.output())
     assert probe.proc.pid in cgroup.members(path)
     assert probe.socket() == [dev, index]
-    with open(os.path.join(helper.workdir, "attachments.json")) as f:
+    # The state file is written within Attachments.FLUSH_DELAY (0.5 s) of a change.
+    state = os.path.join(helper.workdir, "attachments.json")
+    deadline = time.monotonic() + 5
+    while not os.path.exists(state) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with open(state) as f:
         assert list(json.load(f)) == [path]
 
     helper.stop()

@@ -8,6 +8,8 @@ ifindex, so new sockets in existing sessions bind again.
 The list of attachments is kept in a small JSON file under the runtime
 directory so that a restarted helper still knows what to re-attach
 (the kernel keeps the programs attached across a restart by itself).
+Writing it is O(sessions), so attach() only marks it dirty and the
+server loop calls flush() at most every FLUSH_DELAY seconds, and at exit.
 """
 
 import json
@@ -36,14 +38,17 @@ def settings(rule, ifindex):
 
 
 class Attachments:
+    FLUSH_DELAY = 0.5
+
     def __init__(self, state_file=None, log=None):
         self.entries = {}               # cgroup path -> Entry
+        self.dirty = False              # entries changed since the state file was written
         self._fds = {}                  # Settings -> (loaded program fd, program id)
         self.state_file = state_file
         self.log = log
         self._load_state()
 
-    def attach(self, path, vrf, rule, ifindex, save=True):
+    def attach(self, path, vrf, rule, ifindex):
         """Attach the program for (rule, ifindex) to `path`; returns the program id.
 
         Raises Conflict when `path` has processes placed under a different rule
@@ -60,8 +65,7 @@ class Attachments:
             return prog_id          # already in place (another login of the same session cgroup)
         programs.attach(path, prog_fd=fd)
         self.entries[path] = wanted
-        if save:
-            self._save_state()
+        self.dirty = True
         return prog_id
 
     def refresh(self, resolve):
@@ -83,12 +87,12 @@ class Attachments:
         for path, entry in list(self.entries.items()):
             if entry.vrf == vrf and entry.ifindex != ifindex:
                 try:
-                    self.attach(path, vrf, entry.rule, ifindex, save=False)
+                    self.attach(path, vrf, entry.rule, ifindex)
                     done += 1
                 except OSError as e:
                     if self.log:
                         self.log.err(f"cannot re-attach {path} to {vrf} (ifindex {ifindex}): {e}")
-        self._save_state()          # once: saving per cgroup made a re-link quadratic
+        self.flush()
         self._release_unused()
         return done
 
@@ -98,7 +102,7 @@ class Attachments:
         for path in gone:
             del self.entries[path]
         if gone:
-            self._save_state()
+            self.dirty = True
             self._release_unused()
 
     def _program(self, wanted):
@@ -113,9 +117,12 @@ class Attachments:
         for key in [k for k in self._fds if k not in used]:
             os.close(self._fds.pop(key)[0])
 
-    def _save_state(self):
-        if not self.state_file:
+    def flush(self):
+        """Write the state file if anything changed."""
+        if not self.dirty or not self.state_file:
+            self.dirty = False
             return
+        self.dirty = False
         data = {path: e._asdict() for path, e in self.entries.items()}
         tmp = f"{self.state_file}.tmp"
         try:

@@ -93,6 +93,7 @@ def main(argv=None):
     except KeyboardInterrupt:
         pass
     finally:
+        attachments.flush()
         links.close()
         listener.close()
     log.info("stopped")

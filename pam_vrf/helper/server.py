@@ -74,10 +74,14 @@ class Server:
         self.sel.register(self.listener, selectors.EVENT_READ, "accept")
         if self.links is not None:
             self.sel.register(self.links.fileno(), selectors.EVENT_READ, "links")
+        attachments = self.handler.attachments
+        flush_at = None
         while not self.stopping:
-            timeout = None
-            if self.clients:
-                timeout = max(0.0, min(self.clients.values()) - time.monotonic())
+            deadlines = list(self.clients.values())
+            if attachments.dirty:
+                flush_at = flush_at or time.monotonic() + attachments.FLUSH_DELAY
+                deadlines.append(flush_at)
+            timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
             for key, _ in self.sel.select(timeout):
                 try:
                     if key.data == "accept":
@@ -91,6 +95,9 @@ class Server:
                     if key.data not in ("accept", "links"):
                         self._drop(key.fileobj)
             self._expire()
+            if flush_at is not None and time.monotonic() >= flush_at:
+                attachments.flush()
+                flush_at = None
 
     def _accept(self):
         try:
