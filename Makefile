@@ -76,7 +76,7 @@ deps:
 test: deps test-host test-vm
 
 test-host:
-	$(PYTHON) -m pytest -q -p no:cacheprovider tests
+	$(PYTHON) -m pytest -q -p no:cacheprovider --ignore=tests/vm tests
 
 test-vm:
 	vagrant/ci/test-vm
