@@ -129,18 +129,19 @@ def vrf_cgroup(vrf, pid="self", netns=None):
     return f"{base}/{VRF_DIR}/{name}"
 
 
-def fs_path(cgroup, mount=None):
-    """Where a hierarchy path is in this mount namespace's cgroup2 mount.
+def fs_path(cgroup, mount=None, create=False):
+    """Where a hierarchy path is in this mount namespace's cgroup2 mount
+    (with create, mounting one first if there is none: see mount_point()).
 
     Paths travel between processes (the PAM hook, the helper) in hierarchy
     form: the two may see the cgroup2 file system mounted in different places.
     """
     found = find_mount()
+    if found is None:
+        found = (mount_point(create), "/")
     if mount is None:
-        if not found:
-            mount_point()           # raises the usual "no cgroup2" error
         mount = found[0]
-    root = found[1] if found and found[0] == mount else "/"
+    root = found[1] if found[0] == mount else "/"
     if root != "/":
         if not (cgroup + "/").startswith(root.rstrip("/") + "/"):
             raise CgroupError(f"cgroup {cgroup} is outside this namespace's cgroup2 mount ({root})")

@@ -89,7 +89,7 @@ def place(pid, rule, socket_path):
     """Put process `pid` into the VRF cgroup the rule names; returns its path."""
     try:
         where = cgroup.vrf_cgroup(rule.target, pid)
-        path = cgroup.fs_path(where, cgroup.mount_point(create=True))
+        path = cgroup.fs_path(where, create=True)
         cgroup.ensure(path)
     except cgroup.CgroupError as e:
         raise PlacementError(str(e)) from None
