@@ -154,6 +154,17 @@ def vrf_path(vrf, pid="self", mount=None, netns=None):
     return fs_path(vrf_cgroup(vrf, pid, netns), mount)
 
 
+def user_manager_of(cgroup, uid):
+    """The cgroup of the user's systemd manager (user@UID.service) beside a
+    logind session (.../user-UID.slice/session-N.scope), as a hierarchy path;
+    None when the cgroup is not under a user slice."""
+    marker = f"/user-{uid}.slice/"
+    cut = base_of(cgroup).find(marker)
+    if cut < 0:
+        return None
+    return cgroup[:cut + len(marker)] + f"user@{uid}.service"
+
+
 def netns_level(path):
     """The network namespace name in a VRF cgroup path ('.../NAME-ns/vrf/...'), or ''."""
     parts = path.rstrip("/").split("/")

@@ -1,12 +1,15 @@
 """The helper's wire protocol: one JSON object per SOCK_SEQPACKET message.
 
-Request  {"v": 1, "op": "ping" | "attach" | "place", ...}
+Request  {"v": 1, "op": "ping" | "attach" | "attach-manager" | "place", ...}
 Reply    {"v": 1, "ok": true, ...} or {"v": 1, "ok": false, "error": "why"}
 
 attach  (root only) {"cgroup": CG, "vrf": NAME, "rule": RULE}: make sure
         CG (a .../vrf/NAME cgroup the caller created, as a hierarchy path
         like /proc/PID/cgroup shows: each side has its own mount point)
         carries the program for RULE bound to NAME.
+attach-manager (root only) {"cgroup": ".../user-UID.slice/user@UID.service",
+        "uid": UID, "vrf": NAME, "rule": RULE}: the same for what the user's
+        systemd manager starts (it runs outside the session's cgroup).
 place   (any user) {"vrf": NAME, "pid": PID?}: move the caller (or, for
         root, PID) into its VRF cgroup for NAME, if vrf.conf permits it.
 

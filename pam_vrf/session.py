@@ -7,6 +7,7 @@
       4. the helper attaches the program  (CAP_BPF work stays in the helper)
       5. move the PAM caller              (its children, the user's shell, inherit)
       6. log what was done and why        (syslog authpriv)
+      7. the user's systemd manager too   (user@UID.service: systemd-run --user)
 
 Failure policy: a failure never locks anyone out (the session proceeds
 unplaced and syslog names the cause), unless the matching rule says
@@ -14,6 +15,7 @@ unplaced and syslog names the cause), unless the matching rule says
 point gets a verdict. Stdlib only and cheap: this runs in every login.
 """
 
+import os
 from collections import namedtuple
 
 from pam_vrf import cgroup, policy, protocol
@@ -77,8 +79,20 @@ def open_session(user, service, pid, options, log=None):
                 return REFUSE
             log.err(f"{who} left unplaced: {e} (rule {rule.where})")
             return PROCEED
-
         log.info(f"{who} placed in VRF {rule.target} (rule {rule.where}), cgroup {path}")
+
+        try:
+            manager = confine_manager(user, pid, rule, options.socket)
+        except PlacementError as e:
+            if rule.strict:
+                log.err(f"refusing session of {who}: its systemd user manager cannot be bound "
+                        f"to VRF {rule.target}: {e} (strict rule {rule.where})")
+                return REFUSE
+            log.err(f"{who}: the systemd user manager is not bound to VRF {rule.target}: {e}; "
+                    f"what it starts (systemd-run --user) is not placed (rule {rule.where})")
+            return PROCEED
+        if manager:
+            log.info(f"{who}: systemd user manager {manager} bound to VRF {rule.target} too")
         return PROCEED
     except Exception as e:          # a bug must not take the login down
         log.err(f"internal error placing {who}: {type(e).__name__}: {e}; left unplaced")
@@ -103,3 +117,29 @@ def place(pid, rule, socket_path):
         cgroup.remove_if_empty(path)
         raise PlacementError(str(e)) from None
     return path
+
+
+def confine_manager(user, pid, rule, socket_path):
+    """Bind what the user's systemd manager starts (systemd-run --user,
+    user services) to the rule's VRF too: it runs outside the session's
+    scope, and would otherwise be a way around the placement.
+
+    Returns the manager's cgroup, or None where there is none (no logind).
+    """
+    if not rule.places:
+        return None
+    import pwd
+    try:
+        uid = pwd.getpwnam(user).pw_uid
+        manager = cgroup.user_manager_of(cgroup.cgroup_of(pid), uid)
+        if manager is None or not os.path.isdir(cgroup.fs_path(manager)):
+            return None
+    except (KeyError, cgroup.CgroupError):
+        return None
+    from pam_vrf import client
+    try:
+        client.call({"op": "attach-manager", "cgroup": manager, "uid": uid, "vrf": rule.target,
+                     "rule": protocol.rule_fields(rule)}, socket_path)
+    except client.HelperError as e:
+        raise PlacementError(str(e)) from None
+    return manager

@@ -335,6 +335,8 @@ def test_non_root_peers(helper_factory, vrf_conf, syslog, netns, sandbox_cgroup,
     refusals = [
         ({"op": "attach", "vrf": target, "cgroup": f"{base}/vrf/{target}", "rule": PLAIN},
          "only root may attach"),
+        ({"op": "attach-manager", "vrf": target, "uid": 0, "cgroup": "/user.slice/user-0.slice/user@0.service",
+          "rule": PLAIN}, "only root may attach programs to a user manager"),
         ({"op": "place", "vrf": target, "pid": 1}, "may only place itself, not pid 1"),
         ({"op": "place", "vrf": target, "pid": "PARENT"}, "may only place itself"),
         ({"op": "place", "vrf": "other0"}, f"may not enter VRF other0: no exec=other0"),
@@ -841,4 +843,38 @@ def test_restarted_helper_still_reattaches(helper_factory, vrf_conf, syslog, net
     syslog.wait_for([f"device {dev} is back as ifindex {new}", "re-attached 1 cgroup"], mark)
     assert probe.socket() == [dev, new]
     assert probe.proc.poll() is None
+    assert_serving(helper)
+
+
+def test_attach_manager_binds_a_user_manager_cgroup_and_refuses_anything_else(
+        helper_factory, conf, syslog, netns, sandbox_cgroup):
+    """What logind makes, rebuilt in the sandbox: user-UID.slice/user@UID.service
+    beside session-N.scope. The helper binds the manager's cgroup for root only."""
+    ns = netns()
+    dev = f"pvu{uid_tag()}"
+    index = veth(ns, dev)
+    helper = helper_factory(conf, netns=ns, syslog=syslog)
+    uid = 4242
+    slice_dir = f"{sandbox_cgroup}/user-{uid}.slice"
+    manager = f"{slice_dir}/user@{uid}.service"
+    os.makedirs(f"{manager}/app.slice")
+    os.makedirs(f"{slice_dir}/session-7.scope")
+    request = {"op": "attach-manager", "cgroup": hierarchy(manager), "uid": uid, "vrf": dev, "rule": PLAIN}
+
+    answer = client.call(request, helper.socket)
+    assert answer["ifindex"] == index
+    assert [a.prog_id for a in cgroup_link.query(manager)] == [answer["prog_id"]]
+    # What the manager starts below it inherits the binding.
+    assert cgroup_link.effective(f"{manager}/app.slice") == [answer["prog_id"]]
+    assert cgroup.user_manager_of(hierarchy(f"{slice_dir}/session-7.scope/vrf/{dev}"), uid) == hierarchy(manager)
+
+    run_cases(helper, syslog, [
+        ("wrong uid", message(**{**request, "uid": uid + 1}), "is not the systemd manager cgroup of uid"),
+        ("session scope", message(**{**request, "cgroup": hierarchy(f"{slice_dir}/session-7.scope")}),
+         "is not the systemd manager cgroup"),
+        ("walk up", message(**{**request, "cgroup": hierarchy(manager) + f"/../../user-{uid}.slice/user@{uid}.service"}),
+         "is not the systemd manager cgroup"),
+        ("uid as text", message(**{**request, "uid": str(uid)}), "uid must be a non-negative integer"),
+        ("missing", message(**{**request, "cgroup": f"/nowhere/user-{uid}.slice/user@{uid}.service"}), "no cgroup"),
+    ])
     assert_serving(helper)

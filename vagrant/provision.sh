@@ -18,9 +18,13 @@
 #     mgmt-peer and prod-peer and both answer 10.99.0.2 / fd00:99::2, so
 #     *which* peer answers proves which VRF a socket used
 #   - sshd (default VRF) reachable through the VRF too (tcp_l3mdev_accept=1)
-#   - group netops, user op1 in it; /etc/security/vrf.conf: `@netops mgmt`
-#   - the pam-vrf session line in /etc/pam.d/sshd, after pam_systemd
-#   - the pam-vrf helper unit enabled
+#   - group netops, user op1 in it, user op2 not in it; /etc/security/vrf.conf:
+#     `@netops mgmt`
+#   - a test ssh key (/etc/pam-vrf-test/id_ed25519) that logs in as op1, op2
+#     and root; an sshd drop-in for many logins in a row
+#   - the pam-vrf session line in /etc/pam.d/sshd, after pam_systemd, with the
+#     control values the product recommends (a strict refusal is honoured)
+#   - the pam-vrf helper units (socket and service) enabled, and started
 #   - /etc/pam-vrf-test-vm, the marker that lets tests/vm run
 #
 # Every step runs even if an earlier one failed; the summary at the end lists
@@ -29,8 +33,9 @@
 set -u
 
 # Runtime packages (the CI image adds the kernel/boot ones itself).
+# (bpftool: tests/vm counts loaded and attached BPF programs with it.)
 PACKAGES="iproute2 openssh-server openssh-client libpam-python libpam-systemd pamtester
-python3 python3-pytest python3-pyroute2 kmod make procps iputils-ping netbase"
+python3 python3-pytest python3-pyroute2 kmod make procps iputils-ping netbase bpftool"
 
 if [ "${1:-}" = "--print-packages" ]; then
     echo $PACKAGES
@@ -213,12 +218,54 @@ if [ $BOOTED = 1 ]; then
 fi
 
 # --- users ------------------------------------------------------------------
-log "group netops, user op1"
+# op1: a netops member (placed in mgmt); op2: an ordinary user (not placed).
+log "group netops, users op1 (netops) and op2"
 getent group netops >/dev/null || groupadd netops || fail "groupadd netops"
 if ! getent passwd op1 >/dev/null; then
     useradd --create-home --shell /bin/bash --groups netops op1 || fail "useradd op1"
 else
     usermod -a -G netops op1 || fail "usermod op1"
+fi
+if ! getent passwd op2 >/dev/null; then
+    useradd --create-home --shell /bin/bash op2 || fail "useradd op2"
+fi
+
+# --- ssh: a test key for op1, op2 and root; many logins in a row --------------
+# The key is a fixture of a throwaway test machine (readable by root only):
+# tests/vm logs in with it over 127.0.0.1, and adds it to users it makes.
+log "test ssh key, sshd drop-in"
+KEYDIR=/etc/pam-vrf-test
+install -d -m 0700 $KEYDIR
+if [ ! -f $KEYDIR/id_ed25519 ]; then
+    ssh-keygen -q -t ed25519 -N "" -C "pam-vrf test VM" -f $KEYDIR/id_ed25519 || fail "ssh-keygen"
+fi
+authorize() {   # authorize USER: the test key in USER's ~/.ssh/authorized_keys
+    local user=$1 home group
+    home=$(getent passwd "$user" | cut -d: -f6)
+    group=$(id -gn "$user")
+    if [ -z "$home" ] || [ ! -d "$home" ]; then fail "authorize $user: no home directory"; return; fi
+    install -d -m 0700 -o "$user" -g "$group" "$home/.ssh"
+    if ! grep -qxF "$(cat $KEYDIR/id_ed25519.pub)" "$home/.ssh/authorized_keys" 2>/dev/null; then
+        cat $KEYDIR/id_ed25519.pub >>"$home/.ssh/authorized_keys"
+        echo "authorized the test key for $user"
+    fi
+    chown "$user:$group" "$home/.ssh/authorized_keys"
+    chmod 0600 "$home/.ssh/authorized_keys"
+}
+if [ -f $KEYDIR/id_ed25519.pub ]; then
+    for u in op1 op2 root; do authorize $u; done
+fi
+# Debian's sshd_config reads sshd_config.d/*.conf first; the first value wins.
+# Root logs in with a key only (Debian's default, said here because the
+# iproute2 coexistence tests log in as root).
+write_file /etc/ssh/sshd_config.d/50-pam-vrf-test.conf 0644 <<EOF
+# pam-vrf test box (vagrant/provision.sh): tests/vm logs in many times in a row.
+PermitRootLogin prohibit-password
+MaxStartups 100:30:200
+LogLevel VERBOSE
+EOF
+if [ $BOOTED = 1 ]; then
+    systemctl try-reload-or-restart ssh.service || fail "reload ssh.service"
 fi
 
 # --- policy -----------------------------------------------------------------
@@ -238,13 +285,13 @@ fi
 # pam_systemd moves the login into session-N.scope and would undo a placement
 # made before it; in Debian it comes into sshd's stack via @include
 # common-session. The hook goes at the end, i.e. after it; check that it is.
+# Control values as the product recommends (README, pam.d/sshd.example): only
+# a strict refusal (PAM_SESSION_ERR) fails the stack, so `strict` is honoured.
 log "/etc/pam.d/sshd"
-PAM_LINE="session optional pam_python.so /usr/lib/pam-vrf/pam_vrf.py"
+PAM_LINE="session [success=ok session_err=bad default=ignore] pam_python.so /usr/lib/pam-vrf/pam_vrf.py"
 SSHD_PAM=/etc/pam.d/sshd
 if [ ! -f $SSHD_PAM ]; then
     fail "$SSHD_PAM does not exist (openssh-server)"
-elif grep -q 'pam_vrf\.py' $SSHD_PAM; then
-    echo "has the pam-vrf line already"
 else
     # Where does pam_systemd come in? (directly, or via one level of @include)
     systemd_at=$(awk -v dir=/etc/pam.d '
@@ -257,31 +304,48 @@ else
             close(f)
         }
         END { print line + 0 }' $SSHD_PAM)
+    hook_at=$(grep -n '^[^#]*pam_vrf\.py' $SSHD_PAM | head -1 | cut -d: -f1)
     if [ "$systemd_at" = 0 ]; then
         fail "$SSHD_PAM: pam_systemd is not in the session stack (libpam-systemd / pam-auth-update)"
+    elif grep -qxF "$PAM_LINE" $SSHD_PAM && [ "$(grep -c 'pam_vrf\.py' $SSHD_PAM)" = 1 ] \
+            && [ "${hook_at:-0}" -gt "$systemd_at" ]; then
+        echo "has the pam-vrf line already (line $hook_at; pam_systemd at line $systemd_at)"
+    else
+        # Replace an older pam-vrf line (e.g. `session optional ...`) with ours, at the end.
+        sed -i -e '/^# pam-vrf: place the session/d' -e '/pam_vrf\.py/d' $SSHD_PAM
+        sed -i -e :a -e '/^\n*$/{$d;N;ba' -e '}' $SSHD_PAM      # and the blank lines left at the end
+        printf '\n# pam-vrf: place the session in its VRF; must come after pam_systemd (vagrant/provision.sh)\n%s\n' \
+            "$PAM_LINE" >>$SSHD_PAM
+        echo "appended to $SSHD_PAM (pam_systemd is brought in at line $systemd_at)"
     fi
-    printf '\n# pam-vrf: place the session in its VRF; must come after pam_systemd (vagrant/provision.sh)\n%s\n' \
-        "$PAM_LINE" >>$SSHD_PAM
-    echo "appended to $SSHD_PAM (pam_systemd is brought in at line $systemd_at)"
 fi
 
 # --- the helper -----------------------------------------------------------------
-log "pam-vrf helper unit"
-helper_unit=""
-for unit in pam-vrf-helper.socket pam-vrf-helper.service; do
+# Both units: the socket (logins reach the helper even while it restarts) and
+# the service (running from boot rather than started by the first login, which
+# waits at most 1 s for the helper's answer).
+log "pam-vrf helper units"
+HELPER_UNITS="pam-vrf-helper.socket pam-vrf-helper.service"
+for unit in $HELPER_UNITS; do
+    found=""
     for dir in /etc/systemd/system /usr/local/lib/systemd/system /lib/systemd/system /usr/lib/systemd/system; do
-        if [ -f $dir/$unit ]; then helper_unit=$unit; break 2; fi
+        if [ -f "$dir/$unit" ]; then found=$dir/$unit; break; fi
     done
+    [ -n "$found" ] || fail "$unit is not installed (make install)"
 done
-if [ -z "$helper_unit" ]; then
-    fail "no pam-vrf-helper.socket or .service installed (make install)"
+# shellcheck disable=SC2086   # a word list
+if systemctl enable $HELPER_UNITS; then
+    echo "enabled $HELPER_UNITS"
 else
-    systemctl enable $helper_unit || fail "systemctl enable $helper_unit"
-    if [ $BOOTED = 1 ]; then
-        systemctl daemon-reload
-        systemctl restart $helper_unit || fail "systemctl restart $helper_unit"
-    fi
-    echo "enabled $helper_unit"
+    fail "systemctl enable $HELPER_UNITS"
+fi
+if [ $BOOTED = 1 ]; then
+    systemctl daemon-reload
+    # shellcheck disable=SC2086
+    systemctl restart $HELPER_UNITS || fail "systemctl restart $HELPER_UNITS"
+    for unit in $HELPER_UNITS; do
+        systemctl is-active -q "$unit" || fail "$unit is not active"
+    done
 fi
 
 # --- done ---------------------------------------------------------------------

@@ -118,7 +118,8 @@ class Attachments:
             os.close(self._fds.pop(key)[0])
 
     def flush(self):
-        """Write the state file if anything changed."""
+        """Write the state file if anything changed (forgetting ended sessions first)."""
+        self.prune()
         if not self.dirty or not self.state_file:
             self.dirty = False
             return

@@ -55,7 +55,8 @@ def main(argv=None):
                    "(default: attachments.json next to the socket)")
     p.add_argument("--debug", action="store_true")
     args = p.parse_args(argv)
-    log = Logger("pam-vrf-helper", args.debug, stderr=True)
+    # Under systemd stderr is the journal as well: /dev/log alone avoids every line twice.
+    log = Logger("pam-vrf-helper", args.debug, stderr="JOURNAL_STREAM" not in os.environ)
 
     try:
         check_capabilities()

@@ -3,6 +3,7 @@
     ping     anyone
     attach   root only: the PAM hook (running as root in sshd/login) has
              created <...>/vrf/NAME and asks for NAME's program on it
+    attach-manager  root only: the same program on user-UID.slice/user@UID.service
     place    anyone, for themselves only (root: any pid): move into a VRF
              that vrf.conf lets them `pam-vrf exec` into
 
@@ -46,6 +47,8 @@ class Handler:
                 return protocol.reply(version=protocol.VERSION)
             if op == "attach":
                 return self.attach(request, peer)
+            if op == "attach-manager":
+                return self.attach_manager(request, peer)
             if op == "place":
                 return self.place(request, peer)
             raise Refused(f"unknown op {op!r}")
@@ -63,6 +66,33 @@ class Handler:
             raise Refused("only root may attach programs to session cgroups")
         vrf = _vrf_name(request.get("vrf"))
         path = self._vrf_cgroup(request.get("cgroup"), vrf)
+        rule = _rule(request.get("rule"))
+        ifindex = self._resolve(vrf, rule["plain"])
+        prog_id = self._attach(path, vrf, rule, ifindex)
+        self.log.info(f"attached program {prog_id} ({vrf}, ifindex {ifindex}) to {path} for {peer}")
+        return protocol.reply(prog_id=prog_id, ifindex=ifindex)
+
+    def attach_manager(self, request, peer):
+        """Root only: bind what a user's systemd manager starts to the VRF of
+        the session just placed (user@UID.service sits outside the session)."""
+        if peer.uid != 0:
+            raise Refused("only root may attach programs to a user manager's cgroup")
+        vrf = _vrf_name(request.get("vrf"))
+        uid = request.get("uid")
+        if not isinstance(uid, int) or isinstance(uid, bool) or uid < 0:
+            raise Refused("uid must be a non-negative integer")
+        where = request.get("cgroup")
+        if not isinstance(where, str) or not where.startswith("/") or "\0" in where:
+            raise Refused("cgroup must be an absolute hierarchy path")
+        parts = where.split("/")
+        if ".." in parts or "." in parts or parts[-2:] != [f"user-{uid}.slice", f"user@{uid}.service"]:
+            raise Refused(f"{where!r} is not the systemd manager cgroup of uid {uid}")
+        try:
+            path = cgroup.fs_path(where)
+        except cgroup.CgroupError as e:
+            raise Refused(str(e)) from None
+        if not os.path.isdir(path) or os.path.islink(path):
+            raise Refused(f"no cgroup {where}")
         rule = _rule(request.get("rule"))
         ifindex = self._resolve(vrf, rule["plain"])
         prog_id = self._attach(path, vrf, rule, ifindex)

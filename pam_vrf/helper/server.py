@@ -20,6 +20,7 @@ SO_PEERPIDFD = 77           # Linux >= 6.5
 MAX_CLIENTS = 128
 MAX_PER_UID = 16            # one non-root user cannot take every slot
 CLIENT_DEADLINE = protocol.TIMEOUT
+PRUNE_EVERY = 10.0          # seconds between looks for cgroups that logind removed
 
 
 def peer_of(conn):
@@ -76,8 +77,11 @@ class Server:
             self.sel.register(self.links.fileno(), selectors.EVENT_READ, "links")
         attachments = self.handler.attachments
         flush_at = None
+        prune_at = time.monotonic() + PRUNE_EVERY
         while not self.stopping:
             deadlines = list(self.clients.values())
+            if attachments.entries:
+                deadlines.append(prune_at)
             if attachments.dirty:
                 flush_at = flush_at or time.monotonic() + attachments.FLUSH_DELAY
                 deadlines.append(flush_at)
@@ -95,6 +99,9 @@ class Server:
                     if key.data not in ("accept", "links"):
                         self._drop(key.fileobj)
             self._expire()
+            if time.monotonic() >= prune_at:
+                attachments.prune()         # ended sessions: forget them, unload unused programs
+                prune_at = time.monotonic() + PRUNE_EVERY
             if flush_at is not None and time.monotonic() >= flush_at:
                 attachments.flush()
                 flush_at = None

@@ -1,0 +1,71 @@
+"""A placed, unprivileged user cannot get a socket outside its VRF (test VM:
+logind, and the per-user systemd manager pam_systemd starts at login).
+
+- the kernel's own guards: a socket the program bound cannot be unbound or
+  rebound without CAP_NET_RAW, and the user cannot move itself out of the
+  VRF cgroup, neither into its session scope nor into the cgroup tree that
+  systemd delegates to the user (user@UID.service);
+- the user's systemd manager: on a logind system every login also has a
+  `systemd --user` instance (user@UID.service), started outside the login's
+  session scope. Whatever it starts for the user (`systemd-run --user`,
+  `systemctl --user start`, D-Bus activation) must not be a way around the
+  placement: its sockets must be bound to the user's VRF too.
+"""
+
+import errno
+import json
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import vmlib  # noqa: E402
+from vmlib import PROBE, PY, VRF, run  # noqa: E402
+
+pytestmark = vmlib.vm_only
+
+MEMBER = "op1"
+SOCKETS = ("tcp4", "udp4", "tcp6", "udp6")
+
+
+@pytest.fixture(scope="module")
+def peers():
+    with vmlib.responders():
+        yield
+
+
+def ifindex(dev):
+    return json.loads(run("ip", "-j", "link", "show", "dev", dev).stdout)[0]["ifindex"]
+
+
+def test_placed_user_cannot_unbind_rebind_or_move_out_of_the_vrf():
+    probe = vmlib.probe(MEMBER, "--escape")
+    assert probe["cgroup"].endswith(f"/vrf/{VRF}"), probe
+    refused = {f"errno:{errno.EPERM}", f"errno:{errno.EACCES}"}
+    for attempt, result in probe["escape"].items():
+        assert result in refused, f"{MEMBER} could {attempt}: {probe['escape']}"
+    # and nothing changed for its sockets
+    assert probe["sockets"]["tcp4"] == {"dev": VRF, "ifindex": ifindex(VRF)}
+
+
+def test_processes_started_by_the_users_systemd_manager_are_bound_to_the_vrf_too(peers):
+    # Fire-and-forget systemd-run talks to the manager's private socket: no
+    # user D-Bus needed (--wait/--pipe would want dbus-user-session).
+    command = f"""
+        {PY} {PROBE}
+        out=/tmp/pvescape-$$.json
+        systemd-run --user --quiet --collect /bin/sh -c "{PY} {PROBE} --traffic > $out.tmp; mv $out.tmp $out"
+        for i in $(seq 150); do [ -s $out ] && break; sleep 0.2; done
+        cat $out; rm -f $out
+    """
+    lines = vmlib.ssh(MEMBER, command).stdout.strip().splitlines()
+    assert len(lines) >= 2, f"systemd-run --user gave nothing: {lines}"
+    shell, started = json.loads(lines[-2]), json.loads(lines[-1])
+    assert shell["cgroup"].endswith(f"/vrf/{VRF}"), shell
+    mgmt = {"dev": VRF, "ifindex": ifindex(VRF)}
+    assert all(started["sockets"][k] == mgmt for k in SOCKETS) and \
+        set(started["peers"].values()) == {"mgmt-peer"}, (
+        f"a process {MEMBER} started through its own systemd manager (systemd-run --user) runs in "
+        f"{started['cgroup']} with sockets {started['sockets']} and reaches {started['peers']}: "
+        f"the VRF placement is escaped")

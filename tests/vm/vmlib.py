@@ -1,0 +1,448 @@
+"""Shared helpers of the VM tests (tests/vm/test_vm_*.py; imported by name:
+there is no conftest.py in tests/vm, see test_smoke.py).
+
+The machine is the one vagrant/provision.sh makes: VRF `mgmt` (table 10),
+logind, sshd on port 22 with the pam-vrf hook after pam_systemd, the helper
+under its systemd units, users op1 (netops: placed in mgmt) and op2 (not
+placed), a test ssh key for them and root, and the lab: veth-mgmt (in mgmt)
+to namespace mgmt-peer and veth-prod (default VRF) to prod-peer, both peers
+owning 10.99.0.2 / fd00:99::2.
+
+Every helper that changes the machine is a context manager that puts it back
+on the way out, also when the test fails: users, groups, vrf.conf, the
+helper's units, VRF devices.
+"""
+
+import contextlib
+import json
+import os
+import pwd
+import select
+import shlex
+import subprocess
+import time
+import uuid
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+VM_MARKER = "/etc/pam-vrf-test-vm"
+vm_only = pytest.mark.skipif(not os.path.exists(VM_MARKER),
+                             reason=f"not the pam-vrf test VM ({VM_MARKER} missing): see vagrant/README.md")
+
+PY = "/usr/bin/python3"
+PROBE = os.path.join(HERE, "vm_probe.py")
+RESPONDER = os.path.join(HERE, "vm_responder.py")
+KEY = "/etc/pam-vrf-test/id_ed25519"
+VRF, VRF_TABLE = "mgmt", 10
+VRF_CONF = "/etc/security/vrf.conf"
+PAM_VRF = "/usr/local/sbin/pam-vrf"
+HELPER_SERVICE = "pam-vrf-helper.service"
+HELPER_UNITS = ("pam-vrf-helper.socket", HELPER_SERVICE)
+HELPER_SOCKET = "/run/pam-vrf/helper.sock"
+HELPER_STATE = "/run/pam-vrf-helper/attachments.json"
+PEERS = {"mgmt": "mgmt-peer", "default": "prod-peer"}
+CAP_DAC_OVERRIDE, CAP_NET_ADMIN, CAP_BPF = 1, 12, 39
+
+
+def run(*argv, check=True, timeout=60, **kw):
+    proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=timeout, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, argv))} -> {proc.returncode}\n{proc.stdout}{proc.stderr}")
+    return proc
+
+
+def wait_until(what, predicate, timeout=30, interval=0.2):
+    """Poll `predicate` until it returns something true; returns that, or fails naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def cgroup_mount():
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[fields.index("-") + 1] == "cgroup2":
+                return fields[4]
+    raise AssertionError("no cgroup2 mount")
+
+
+def procs(directory):
+    """The pids in a cgroup directory (not its children)."""
+    with open(os.path.join(directory, "cgroup.procs")) as f:
+        return set(map(int, f.read().split()))
+
+
+def comm(pid):
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def cgroup_of(pid):
+    with open(f"/proc/{pid}/cgroup") as f:
+        return [line.strip()[3:] for line in f if line.startswith("0::")][0]
+
+
+# --- ssh logins ------------------------------------------------------------------
+
+def ssh_argv(user, command):
+    return ["ssh", "-F", "/dev/null", "-i", KEY, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+            "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=60",
+            f"{user}@127.0.0.1", command]
+
+
+def ssh(user, command, check=True, timeout=120):
+    proc = subprocess.run(ssh_argv(user, command), capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+    if check:
+        assert proc.returncode == 0, f"ssh {user}@127.0.0.1 {command!r} -> {proc.returncode}\n{proc.stdout}{proc.stderr}"
+    return proc
+
+
+SHELL_INFO = 'echo "shell=$$ identify=$(ip vrf identify $$)"'
+
+
+def _shell_info(line):
+    fields = dict(word.split("=", 1) for word in line.split())
+    return int(fields["shell"]), fields.get("identify", "")
+
+
+def probe(user, *flags, check=True):
+    """Log in over ssh; returns the probe's JSON (vm_probe.py) plus "shell" (the
+    login shell's pid) and "identify" (`ip vrf identify $$` in that shell).
+    With check=False a failed login returns the CompletedProcess."""
+    proc = ssh(user, f"{SHELL_INFO}; {PY} {PROBE} {' '.join(flags)}", check=check)
+    if proc.returncode != 0:
+        return proc
+    lines = proc.stdout.strip().splitlines()
+    result = json.loads(lines[-1])
+    result["shell"], result["identify"] = _shell_info(lines[-2])
+    return result
+
+
+class Login:
+    """An ssh login running `command`, kept open: read its output line by line
+    while it runs; close() ends it (closes its stdin, waits)."""
+
+    def __init__(self, user, command):
+        self.proc = subprocess.Popen(ssh_argv(user, command), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
+        self._buf = b""
+
+    def readline(self, timeout=90):
+        deadline = time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise AssertionError(f"no line from the ssh session within {timeout} s")
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                self.proc.wait(timeout=10)
+                raise AssertionError(f"ssh session ended (exit {self.proc.returncode}): "
+                                     f"{self.proc.stderr.read().decode(errors='replace')}")
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return line.decode()
+
+    def sections(self, until):
+        """Lines grouped under '== NAME' headers, up to the header `until`: {NAME: [lines]}."""
+        out, name = {}, None
+        while True:
+            line = self.readline()
+            if line.startswith("== "):
+                name = line[3:].strip()
+                if name == until:
+                    return out
+                out[name] = []
+            elif name is not None:
+                out[name].append(line)
+
+    def close(self):
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()
+                self.proc.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        for f in (self.proc.stdout, self.proc.stderr):
+            f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Session(Login):
+    """A login whose shell reports itself, runs `setup`, then the probe
+    (vm_probe.py --wait): once at login (.first), again at every again()."""
+
+    def __init__(self, user, *flags, setup=""):
+        super().__init__(user, f"{SHELL_INFO}\n{setup}\nexec {PY} {PROBE} --wait {' '.join(flags)}")
+        try:
+            self.shell, self.identify = _shell_info(self.readline())
+            self.first = json.loads(self.readline())
+        except BaseException:
+            self.close()
+            raise
+
+    def again(self):
+        self.proc.stdin.write(b"again\n")
+        self.proc.stdin.flush()
+        return json.loads(self.readline())
+
+
+def session_of(pid):
+    """The logind session id of a process, from its cgroup (…/session-N.scope/…)."""
+    for part in cgroup_of(pid).split("/"):
+        if part.startswith("session-") and part.endswith(".scope"):
+            return part[len("session-"):-len(".scope")]
+    raise AssertionError(f"pid {pid} is in no session scope: {cgroup_of(pid)}")
+
+
+def sessions_of(user):
+    out = run("loginctl", "list-sessions", "--no-legend", check=False).stdout
+    return [line.split()[0] for line in out.splitlines() if len(line.split()) >= 3 and line.split()[2] == user]
+
+
+# --- users, groups, vrf.conf ----------------------------------------------------------
+
+def tag():
+    return uuid.uuid4().hex[:5]
+
+
+@contextlib.contextmanager
+def group(prefix="pvg"):
+    name = f"{prefix}{tag()}"
+    run("groupadd", name)
+    try:
+        yield name
+    finally:
+        run("groupdel", name, check=False)
+
+
+def _end_user(name):
+    """Log the user out everywhere and end their processes (user@.service too)."""
+    run("loginctl", "terminate-user", name, check=False)
+    try:
+        uid = pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return
+    run("systemctl", "stop", f"user@{uid}.service", check=False)
+    run("pkill", "-KILL", "-u", str(uid), check=False)
+    wait_until(f"the processes of {name} to end",
+               lambda: run("pgrep", "-u", str(uid), check=False).returncode == 1, timeout=30)
+
+
+@contextlib.contextmanager
+def user(*groups, prefix="pvu"):
+    """A throwaway user (home, bash, the test key) in `groups`; removed afterwards."""
+    name = f"{prefix}{tag()}"
+    argv = ["useradd", "--create-home", "--shell", "/bin/bash"]
+    if groups:
+        argv += ["--groups", ",".join(groups)]
+    run(*argv, name)
+    try:
+        home = pwd.getpwnam(name).pw_dir
+        os.makedirs(f"{home}/.ssh", mode=0o700)
+        with open(f"{KEY}.pub") as src, open(f"{home}/.ssh/authorized_keys", "w") as dst:
+            dst.write(src.read())
+        run("chown", "-R", f"{name}:", f"{home}/.ssh")
+        yield name
+    finally:
+        _end_user(name)
+        run("userdel", "--remove", "--force", name, check=False)
+
+
+@contextlib.contextmanager
+def vrf_conf(*rules):
+    """Put `rules` in front of /etc/security/vrf.conf (first match wins); restore it after."""
+    with open(VRF_CONF) as f:
+        original = f.read()
+    mode = os.stat(VRF_CONF).st_mode & 0o7777
+    try:
+        with open(VRF_CONF, "w") as f:
+            f.write("# tests/vm (temporary)\n" + "".join(r + "\n" for r in rules) + original)
+        run(PAM_VRF, "check")
+        yield
+    finally:
+        with open(VRF_CONF, "w") as f:
+            f.write(original)
+        os.chmod(VRF_CONF, mode)
+
+
+# --- journal ---------------------------------------------------------------------------
+
+def journal_mark():
+    out = run("journalctl", "-n", "0", "--show-cursor", "-q", check=False).stdout
+    for line in out.splitlines():
+        if line.startswith("-- cursor: "):
+            return line[len("-- cursor: "):]
+    raise AssertionError(f"no journal cursor: {out!r}")
+
+
+def journal(mark, **fields):
+    """Journal entries after `mark` (journal_mark()) whose fields have the given
+    values (e.g. SYSLOG_IDENTIFIER="pam_vrf"): a list of dicts (journalctl -o json).
+
+    Filtered here, not with journalctl matches: systemd 252's journalctl
+    --after-cursor with a match skips the first matching entry."""
+    out = run("journalctl", "--no-pager", "-q", "-o", "json", f"--after-cursor={mark}", check=False).stdout
+    entries = []
+    for line in out.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry.get("MESSAGE"), list):          # non-UTF-8: bytes
+            entry["MESSAGE"] = bytes(entry["MESSAGE"]).decode(errors="replace")
+        if all(str(entry.get(k)) == str(v) for k, v in fields.items()):
+            entries.append(entry)
+    return entries
+
+
+def wait_journal(mark, words, timeout=15, **fields):
+    """The first journal entry after `mark` with `fields` whose MESSAGE contains all of `words`."""
+    def find():
+        return next((e for e in journal(mark, **fields) if all(w in str(e.get("MESSAGE")) for w in words)), None)
+    try:
+        return wait_until(f"a journal entry {fields} with {words}", find, timeout=timeout)
+    except AssertionError as e:
+        tail = "\n".join(str(x.get("MESSAGE")) for x in journal(mark, **fields)[-30:])
+        raise AssertionError(f"{e}; journal after the mark ({fields}):\n{tail}") from None
+
+
+# --- the helper -------------------------------------------------------------------------
+
+def helper_pid():
+    return int(run("systemctl", "show", "-p", "MainPID", "--value", HELPER_SERVICE).stdout.strip() or 0)
+
+
+def helper_ping():
+    """True if the helper answers on its socket."""
+    code = ("import sys; from pam_vrf import client\n"
+            f"sys.exit(0 if client.request({{'op': 'ping'}}, {HELPER_SOCKET!r}, timeout=5).get('ok') else 1)")
+    return run(PY, "-c", code, check=False, cwd="/").returncode == 0
+
+
+def helper_up():
+    run("systemctl", "start", *HELPER_UNITS)
+    wait_until("pam-vrf-helper to answer", helper_ping, timeout=60)
+
+
+@contextlib.contextmanager
+def helper_stopped():
+    run("systemctl", "stop", *HELPER_UNITS)
+    try:
+        yield
+    finally:
+        helper_up()
+
+
+# --- BPF ---------------------------------------------------------------------------------
+
+def sock_programs():
+    """Loaded BPF_PROG_TYPE_CGROUP_SOCK programs: {id: name}."""
+    progs = json.loads(run("bpftool", "-j", "prog", "show").stdout or "[]")
+    return {p["id"]: p.get("name", "") for p in progs if p.get("type") == "cgroup_sock"}
+
+
+def sock_create_attachments():
+    """Programs attached at BPF_CGROUP_INET_SOCK_CREATE: {cgroup dir: [(id, name, flags)]}."""
+    tree = json.loads(run("bpftool", "-j", "cgroup", "tree", cgroup_mount()).stdout or "[]")
+    out = {}
+    for entry in tree:
+        progs = [(p["id"], p.get("name", ""), p.get("attach_flags", "")) for p in entry["programs"]
+                 if p.get("attach_type") == "cgroup_inet_sock_create"]
+        if progs:
+            out[entry["cgroup"]] = progs
+    return out
+
+
+# --- cgroups --------------------------------------------------------------------------------
+
+def vrf_cgroups(top="user.slice"):
+    """Every …/vrf/NAME cgroup directory below `top` (relative to the cgroup2
+    mount), except those below this test process's own cgroup (in the Vagrant
+    box pytest runs in a login session, and `ip vrf exec` makes some there)."""
+    mount = cgroup_mount()
+    own = mount + cgroup_of(os.getpid()).split("/vrf", 1)[0].rstrip("/") + "/"
+    found = []
+    for here, dirs, _ in os.walk(os.path.join(mount, top)):
+        if os.path.basename(here) == "vrf" and not (here + "/").startswith(own):
+            found += [os.path.join(here, d) for d in dirs]
+    return found
+
+
+# --- the lab ---------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def responders():
+    """Both peers answer TCP and UDP port 7000 (v4 and v6) with their name."""
+    procs = []
+    try:
+        for peer in PEERS.values():
+            p = subprocess.Popen(["ip", "netns", "exec", peer, PY, RESPONDER, peer],
+                                 stdout=subprocess.PIPE, text=True)
+            procs.append(p)
+            assert p.stdout.readline().strip() == "ready", f"responder in {peer} did not start"
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+            p.stdout.close()
+
+
+def ask_peers(*prefix):
+    """Who answers on every path, run with `prefix` (e.g. ip vrf exec mgmt): probe --traffic."""
+    return json.loads(run(*prefix, PY, PROBE, "--traffic", cwd="/").stdout)["peers"]
+
+
+def lab_problems():
+    """What is wrong with the lab (empty: as provisioned). Needs responders()."""
+    problems = []
+    link = run("ip", "-d", "link", "show", VRF, check=False).stdout
+    if f"vrf table {VRF_TABLE}" not in link:
+        problems.append(f"{VRF} is not a VRF with table {VRF_TABLE}: {link!r}")
+    veth = run("ip", "-d", "link", "show", "veth-mgmt", check=False).stdout
+    if f"master {VRF}" not in veth:
+        problems.append(f"veth-mgmt is not in {VRF}: {veth!r}")
+    addrs = run("ip", "addr", "show", "veth-mgmt", check=False).stdout
+    for a in ("10.99.0.1/24", "fd00:99::1/64"):
+        if a not in addrs:
+            problems.append(f"veth-mgmt lacks {a}")
+    if not problems:
+        for prefix, peer in ((("ip", "vrf", "exec", VRF), "mgmt-peer"), ((), "prod-peer")):
+            got = ask_peers(*prefix)
+            if set(got.values()) != {peer}:
+                problems.append(f"{' '.join(prefix) or 'default VRF'}: expected {peer} everywhere, got {got}")
+    return problems
+
+
+def wait_lab_ok(timeout=30):
+    last = []
+
+    def ok():
+        last[:] = lab_problems()
+        return not last
+    try:
+        wait_until("the lab to be as provisioned", ok, timeout=timeout, interval=1)
+    except AssertionError as e:
+        raise AssertionError(f"{e}: {last}") from None
+
+
+def q(text):
+    return shlex.quote(text)
