@@ -8,9 +8,11 @@ other rule's). What is asserted, precisely:
 2. the helper loads one program for the rule and shares it: across the 20
    logins at most one BPF_PROG_TYPE_CGROUP_SOCK program is loaded that was
    not loaded before (the one the first session's cgroup carries);
-3. once logind has removed the 20 session scopes, no …/vrf/… cgroup is left
-   under user.slice, and the programs attached at BPF_CGROUP_INET_SOCK_CREATE
-   anywhere (bpftool cgroup tree) are exactly those attached before;
+3. once logind has removed the 20 session scopes and stopped the user's
+   systemd manager (which carried the rule's program as well), no …/vrf/…
+   cgroup is left under user.slice, and the programs attached at
+   BPF_CGROUP_INET_SOCK_CREATE anywhere (bpftool cgroup tree) are exactly
+   those attached before;
 4. once no cgroup uses the rule's program any more, the helper lets it go:
    with one more login (of another rule) open, within 15 s the rule's
    program is no longer loaded, and the helper's state file names no cgroup
@@ -19,6 +21,7 @@ other rule's). What is asserted, precisely:
 
 import json
 import os
+import pwd
 import re
 import sys
 
@@ -79,6 +82,11 @@ def test_twenty_logins_and_logouts_leave_no_vrf_cgroup_and_no_program_behind():
         wait_until(f"logind to end the sessions of {u}", lambda: not vmlib.sessions_of(u), timeout=60)
         wait_until("the session scopes (and their VRF cgroups) to go",
                    lambda: not any(os.path.exists(mount + c) for c in cgroups), timeout=60)
+        # The user's systemd manager carried the rule's program too (systemd-run
+        # --user must not escape); logind stops it UserStopDelaySec (10 s) later.
+        manager = re.sub(r"/session-\d+\.scope/vrf/.*$", "", s.first["cgroup"])
+        manager = f"{mount}{manager}/user@{pwd.getpwnam(u).pw_uid}.service"
+        wait_until(f"{u}'s systemd manager to stop", lambda: not os.path.exists(manager), timeout=60)
         assert vmlib.vrf_cgroups() == [], "VRF cgroups left under user.slice"
         assert vmlib.sock_create_attachments() == attached_before
 
