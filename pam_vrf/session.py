@@ -28,8 +28,9 @@ Options = namedtuple("Options", ["config", "socket", "debug"],
                      defaults=[policy.DEFAULT_CONFIG, protocol.DEFAULT_SOCKET, False])
 
 
-def parse_options(args):
-    """PAM module arguments: config=PATH socket=PATH debug (others: see hook())."""
+def parse_options(args, unknown=None):
+    """PAM module arguments: config=PATH socket=PATH debug. Others are
+    appended to `unknown` (a list) when one is given."""
     found = {}
     for arg in args:
         key, eq, value = arg.partition("=")
@@ -37,16 +38,18 @@ def parse_options(args):
             found[key] = value
         elif arg == "debug":
             found["debug"] = True
+        elif unknown is not None:
+            unknown.append(arg)
     return Options(**found)
 
 
 def hook(user, service, pid, args):
     """What the PAM entry points call: module arguments in, verdict out."""
-    options = parse_options(args)
+    unknown = []
+    options = parse_options(args, unknown)
     log = Logger("pam_vrf", options.debug)
-    for arg in args:
-        if arg not in ("debug",) and arg.partition("=")[0] not in ("config", "socket"):
-            log.warning(f"ignoring unknown module argument '{arg}'")
+    for arg in unknown:
+        log.warning(f"ignoring unknown module argument '{arg}'")
     return open_session(user, service, pid, options, log)
 
 

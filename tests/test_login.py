@@ -380,3 +380,14 @@ def test_pam_vrf_exec_cannot_weaken_a_login_rule(lab):
     finally:
         session.stdin.close()
         session.wait(timeout=30)
+
+
+def test_unknown_module_arguments_are_logged_and_ignored(lab):
+    member = lab.user(lab.group)
+    service = f"pvt-args{lab.tag}"
+    lab.pam_service(service, lab.hook_line(extra="colour=blue"))
+    mark = lab.syslog.mark()
+    proc = sh(*lab.syslog.wrap(["pamtester", service, member.pw_name, "open_session"]))
+    assert "successfully opened a session" in proc.stderr + proc.stdout
+    line = lab.syslog.wait_for(["ignoring unknown module argument 'colour=blue'"], mark)
+    assert line.startswith(f"<{10 * 8 + 4}>"), line        # authpriv.warning
