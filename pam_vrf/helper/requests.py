@@ -65,12 +65,9 @@ class Handler:
         if peer.uid != 0:
             raise Refused("only root may attach programs to session cgroups")
         vrf = _vrf_name(request.get("vrf"))
-        path = self._vrf_cgroup(request.get("cgroup"), vrf)
-        rule = _rule(request.get("rule"))
-        ifindex = self._resolve(vrf, rule["plain"])
-        prog_id = self._attach(path, vrf, rule, ifindex)
-        self.log.info(f"attached program {prog_id} ({vrf}, ifindex {ifindex}) to {path} for {peer}")
-        return protocol.reply(prog_id=prog_id, ifindex=ifindex)
+        path = self._cgroup_dir(request.get("cgroup"), [cgroup.VRF_DIR, vrf],
+                                f"is not a .../vrf/{vrf} cgroup")
+        return self._attach_rule(request, vrf, path, peer)
 
     def attach_manager(self, request, peer):
         """Root only: bind what a user's systemd manager starts to the VRF of
@@ -81,31 +78,25 @@ class Handler:
         uid = request.get("uid")
         if not isinstance(uid, int) or isinstance(uid, bool) or uid < 0:
             raise Refused("uid must be a non-negative integer")
-        where = request.get("cgroup")
-        if not isinstance(where, str) or not where.startswith("/") or "\0" in where:
-            raise Refused("cgroup must be an absolute hierarchy path")
-        parts = where.split("/")
-        if ".." in parts or "." in parts or parts[-2:] != [f"user-{uid}.slice", f"user@{uid}.service"]:
-            raise Refused(f"{where!r} is not the systemd manager cgroup of uid {uid}")
-        try:
-            path = cgroup.fs_path(where)
-        except cgroup.CgroupError as e:
-            raise Refused(str(e)) from None
-        if not os.path.isdir(path) or os.path.islink(path):
-            raise Refused(f"no cgroup {where}")
+        path = self._cgroup_dir(request.get("cgroup"), [f"user-{uid}.slice", f"user@{uid}.service"],
+                                f"is not the systemd manager cgroup of uid {uid}")
+        return self._attach_rule(request, vrf, path, peer)
+
+    def _attach_rule(self, request, vrf, path, peer):
         rule = _rule(request.get("rule"))
         ifindex = self._resolve(vrf, rule["plain"])
         prog_id = self._attach(path, vrf, rule, ifindex)
         self.log.info(f"attached program {prog_id} ({vrf}, ifindex {ifindex}) to {path} for {peer}")
         return protocol.reply(prog_id=prog_id, ifindex=ifindex)
 
-    def _vrf_cgroup(self, where, vrf):
-        """The directory of hierarchy path `where`, which must be a .../vrf/VRF cgroup."""
+    def _cgroup_dir(self, where, last_two, what):
+        """The directory of hierarchy path `where`, whose last two components
+        must be `last_two` (no '.' or '..' anywhere)."""
         if not isinstance(where, str) or not where.startswith("/") or "\0" in where:
             raise Refused("cgroup must be an absolute hierarchy path")
         parts = where.split("/")
-        if ".." in parts or "." in parts or parts[-2:] != [cgroup.VRF_DIR, vrf]:
-            raise Refused(f"{where!r} is not a .../vrf/{vrf} cgroup")
+        if ".." in parts or "." in parts or parts[-2:] != last_two:
+            raise Refused(f"{where!r} {what}")
         try:
             path = cgroup.fs_path(where)
         except cgroup.CgroupError as e:

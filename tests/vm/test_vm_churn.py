@@ -27,7 +27,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import vmlib  # noqa: E402
-from vmlib import HELPER_STATE, VRF, run, wait_until  # noqa: E402
+from vmlib import HELPER_STATE, VRF, ifindex, run, wait_until  # noqa: E402
 
 pytestmark = vmlib.vm_only
 
@@ -35,8 +35,6 @@ LOGINS = 20
 MARK = 0x7E57
 
 
-def ifindex(dev):
-    return json.loads(run("ip", "-j", "link", "show", "dev", dev).stdout)[0]["ifindex"]
 
 
 def state_entries():

@@ -21,22 +21,15 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import vmlib  # noqa: E402
-from vmlib import PROBE, PY, VRF, run  # noqa: E402
+from vmlib import PROBE, PY, SOCKETS, VRF, ifindex, peers, run  # noqa: E402,F401 (peers: a fixture)
 
 pytestmark = vmlib.vm_only
 
 MEMBER = "op1"
-SOCKETS = ("tcp4", "udp4", "tcp6", "udp6")
 
 
-@pytest.fixture(scope="module")
-def peers():
-    with vmlib.responders():
-        yield
 
 
-def ifindex(dev):
-    return json.loads(run("ip", "-j", "link", "show", "dev", dev).stdout)[0]["ifindex"]
 
 
 def test_placed_user_cannot_unbind_rebind_or_move_out_of_the_vrf():

@@ -24,18 +24,13 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import vmlib  # noqa: E402
-from vmlib import PAM_VRF, PROBE, PY, VRF, run  # noqa: E402
+from vmlib import PAM_VRF, PROBE, PY, SOCKETS, VRF, ifindex, peers, run  # noqa: E402,F401 (peers: a fixture)
 
 pytestmark = vmlib.vm_only
 
 OTHER, OTHER_TABLE = "other", 11
-SOCKETS = ("tcp4", "udp4", "tcp6", "udp6")
 
 
-@pytest.fixture(scope="module")
-def peers():
-    with vmlib.responders():
-        yield
 
 
 @pytest.fixture
@@ -49,8 +44,6 @@ def other_vrf():
         run("ip", "link", "del", OTHER, check=False)
 
 
-def ifindex(dev):
-    return json.loads(run("ip", "-j", "link", "show", "dev", dev).stdout)[0]["ifindex"]
 
 
 def bound(probe, dev):

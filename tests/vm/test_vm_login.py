@@ -23,22 +23,15 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import vmlib  # noqa: E402
-from vmlib import VRF, run, wait_until  # noqa: E402
+from vmlib import SOCKETS, VRF, ifindex, peers, run, wait_until  # noqa: E402,F401 (peers: a fixture)
 
 pytestmark = vmlib.vm_only
 
 MEMBER, OTHER = "op1", "op2"       # provisioned: op1 in netops (`@netops mgmt`), op2 in no rule
-SOCKETS = ("tcp4", "udp4", "tcp6", "udp6")
 
 
-@pytest.fixture(scope="module")
-def peers():
-    with vmlib.responders():
-        yield
 
 
-def ifindex(dev):
-    return json.loads(run("ip", "-j", "link", "show", "dev", dev).stdout)[0]["ifindex"]
 
 
 def scope_re(user):

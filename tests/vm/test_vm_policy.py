@@ -18,15 +18,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import vmlib  # noqa: E402
-from vmlib import PROBE, PY, VRF, run  # noqa: E402
+from vmlib import PROBE, PY, VRF, ifindex, run  # noqa: E402
 
 pytestmark = vmlib.vm_only
 
 EPERM = {"errno": errno.EPERM}
 
 
-def ifindex(dev):
-    return json.loads(run("ip", "-j", "link", "show", "dev", dev).stdout)[0]["ifindex"]
 
 
 def test_deny_inet6_raw_refuses_ipv6_for_a_group_member():

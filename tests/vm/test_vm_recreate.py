@@ -20,21 +20,14 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import vmlib  # noqa: E402
-from vmlib import HELPER_SERVICE, VRF, VRF_TABLE, run  # noqa: E402
+from vmlib import HELPER_SERVICE, SOCKETS, VRF, VRF_TABLE, ifindex, peers, run  # noqa: E402,F401 (peers: a fixture)
 
 pytestmark = vmlib.vm_only
 
-SOCKETS = ("tcp4", "udp4", "tcp6", "udp6")
 
 
-@pytest.fixture(scope="module")
-def peers():
-    with vmlib.responders():
-        yield
 
 
-def ifindex(dev):
-    return json.loads(run("ip", "-j", "link", "show", "dev", dev).stdout)[0]["ifindex"]
 
 
 def create_mgmt():

@@ -446,3 +446,19 @@ def wait_lab_ok(timeout=30):
 
 def q(text):
     return shlex.quote(text)
+
+
+# -- shared by the test modules (no conftest.py in tests/vm: see test_smoke.py) --
+
+SOCKETS = ("tcp4", "udp4", "tcp6", "udp6")
+
+
+def ifindex(dev):
+    return json.loads(run("ip", "-j", "link", "show", "dev", dev).stdout)[0]["ifindex"]
+
+
+@pytest.fixture(scope="module")
+def peers():
+    """The lab peers answering with their names (import this fixture by name)."""
+    with responders():
+        yield
