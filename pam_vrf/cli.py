@@ -213,14 +213,14 @@ def _place_self(vrf, plain):
     from pam_vrf import programs
     from pam_vrf.bpf.sockprog import Settings
     path = cgroup.vrf_path(vrf, mount=cgroup.mount_point(create=True))
-    if vrf != policy.DEFAULT_VRF:
+    bind = vrf != policy.DEFAULT_VRF          # the default VRF is a cgroup without a program
+    if bind:
         problem = netdev.device_problem(vrf, plain)
         if problem:
             raise ValueError(problem)
-        cgroup.ensure(path)
+    cgroup.ensure(path)
+    if bind:
         programs.attach(path, Settings(ifindex=netdev.ifindex(vrf)))
-    else:
-        cgroup.ensure(path)
     cgroup.move(os.getpid(), path)
 
 
