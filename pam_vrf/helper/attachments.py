@@ -82,7 +82,7 @@ class Attachments:
         """A VRF (re)appeared with `ifindex`: re-attach its stale cgroups. Returns how many."""
         if not any(e.vrf == vrf and e.ifindex != ifindex for e in self.entries.values()):
             return 0                # the usual link event: nothing of ours changed
-        self.prune()
+        self.flush()
         done = 0
         for path, entry in list(self.entries.items()):
             if entry.vrf == vrf and entry.ifindex != ifindex:
@@ -95,15 +95,6 @@ class Attachments:
         self.flush()
         self._release_unused()
         return done
-
-    def prune(self):
-        """Forget cgroups that no longer exist (sessions that ended)."""
-        gone = [p for p in self.entries if not os.path.isdir(p)]
-        for path in gone:
-            del self.entries[path]
-        if gone:
-            self.dirty = True
-            self._release_unused()
 
     def _program(self, wanted):
         """(fd, id) of the loaded program for `wanted`, loading it once."""
@@ -118,12 +109,23 @@ class Attachments:
             os.close(self._fds.pop(key)[0])
 
     def flush(self):
-        """Write the state file if anything changed (forgetting ended sessions first)."""
-        self.prune()
-        if not self.dirty or not self.state_file:
-            self.dirty = False
-            return
+        """Forget cgroups that no longer exist (ended sessions), write the state
+        file if anything changed, then unload programs no cgroup uses any more
+        (in that order: the file never names a cgroup whose program is gone)."""
+        gone = [p for p in self.entries if not os.path.isdir(p)]
+        for path in gone:
+            del self.entries[path]
+        if gone:
+            self.dirty = True
+        if self.dirty:
+            self._write_state()
+        if gone:
+            self._release_unused()
+
+    def _write_state(self):
         self.dirty = False
+        if not self.state_file:
+            return
         data = {path: e._asdict() for path, e in self.entries.items()}
         tmp = f"{self.state_file}.tmp"
         try:
@@ -150,7 +152,7 @@ class Attachments:
             if self.log:
                 self.log.warning(f"ignoring unreadable state file {self.state_file}: {e}")
             self.entries = {}
-        self.prune()
+        self.flush()
 
 
 def _rule_text(rule):

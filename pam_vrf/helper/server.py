@@ -100,7 +100,7 @@ class Server:
                         self._drop(key.fileobj)
             self._expire()
             if time.monotonic() >= prune_at:
-                attachments.prune()         # ended sessions: forget them, unload unused programs
+                attachments.flush()         # ended sessions: forget them, unload unused programs
                 prune_at = time.monotonic() + PRUNE_EVERY
             if flush_at is not None and time.monotonic() >= flush_at:
                 attachments.flush()

@@ -83,12 +83,8 @@ sed -n 's/^0:://p' /proc/$PPID/cgroup > {WORK}/where.out
 
 
 def cgroup_mount():
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if fields[fields.index("-") + 1] == "cgroup2":
-                return fields[4]
-    raise SystemExit("no cgroup2 mount")
+    from pam_vrf import cgroup      # installed in the VM by provision.sh
+    return cgroup.mount_point()
 
 
 def own_cgroup():
