@@ -20,6 +20,8 @@ def _err(message):
 
 
 def cmd_check(args):
+    """The policy (FILE:LINE errors, with the helper's own limits), then the
+    PAM stacks that would run pam-vrf (pamstack.audit)."""
     try:
         rules = policy.load(args.config)
     except policy.ConfigError as e:
@@ -34,6 +36,14 @@ def cmd_check(args):
         print(f"{DROPIN_DIR}: warning: drop-in files are not read; put rules into {args.config}",
               file=sys.stderr)
     print(f"{args.config}: OK, {len(rules)} rule{'s' if len(rules) != 1 else ''}")
+    from pam_vrf import pamstack
+    findings = pamstack.audit(args.pam_dir)
+    for finding in findings:
+        print(finding, file=sys.stderr)
+    errors = sum(1 for f in findings if f.level == "error")
+    if errors:
+        print(f"{args.pam_dir}: {errors} error{'s' if errors != 1 else ''} in the PAM stacks", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -155,28 +165,16 @@ def cmd_status(args):
     return status
 
 
-def cmd_pam_exec(args):
-    """Entry for pam_exec: PAM_TYPE/PAM_USER/PAM_SERVICE come in the environment;
-    the PAM caller is our parent. Exit 0 lets the session proceed, 1 refuses."""
-    from pam_vrf import session
-    if os.environ.get("PAM_TYPE") != "open_session":
-        return 0
-    verdict = session.hook(os.environ.get("PAM_USER", ""), os.environ.get("PAM_SERVICE"),
-                           os.getppid(), args.options)
-    return 0 if verdict == session.PROCEED else 1
-
-
 def cmd_exec(args):
-    """Run a command in a VRF. Root places itself (as `ip vrf exec` does);
-    other users ask the helper, which checks vrf.conf's exec= permission."""
+    """Run a command in a VRF. The helper moves this process (it is the one
+    placement authority): root may enter any VRF, other users those vrf.conf
+    grants them with exec=."""
     from pam_vrf import client
     command = list(args.command)
     while command and command[0] != "--" and command[0].startswith("--"):
         option = command.pop(0)       # options written after VRF (argparse leaves them here)
         if option == "--plain":
             args.plain = True
-        elif option == "--via-helper":
-            args.via_helper = True
         elif option == "--socket" and command:
             args.socket = command.pop(0)
         elif option.startswith("--socket="):
@@ -194,12 +192,15 @@ def cmd_exec(args):
         if problem:
             _err(f"invalid VRF name '{args.vrf}': {problem}")
             return 1
+    request = {"op": "place", "vrf": args.vrf}
+    if args.plain:
+        request["plain"] = True
     try:
-        if os.getuid() == 0 and not args.via_helper:
-            _place_self(args.vrf, args.plain)
-        else:
-            client.call({"op": "place", "vrf": args.vrf}, args.socket)
-    except (client.HelperError, cgroup.CgroupError, BpfError, LookupError, ValueError) as e:
+        client.call(request, args.socket)
+    except client.HelperDown as e:
+        _err(f"cannot enter VRF {args.vrf}: {e}" + ("; root can use `ip vrf exec` instead" if os.getuid() == 0 else ""))
+        return 1
+    except client.HelperError as e:
         _err(f"cannot enter VRF {args.vrf}: {e}")
         return 1
     try:
@@ -209,27 +210,13 @@ def cmd_exec(args):
         return 127
 
 
-def _place_self(vrf, plain):
-    from pam_vrf import programs
-    from pam_vrf.bpf.sockprog import Settings
-    path = cgroup.vrf_path(vrf, mount=cgroup.mount_point(create=True))
-    bind = vrf != policy.DEFAULT_VRF          # the default VRF is a cgroup without a program
-    if bind:
-        problem = netdev.device_problem(vrf, plain)
-        if problem:
-            raise ValueError(problem)
-    cgroup.ensure(path)
-    if bind:
-        programs.attach(path, Settings(ifindex=netdev.ifindex(vrf)))
-    cgroup.move(os.getpid(), path)
-
-
 def parser():
     p = argparse.ArgumentParser(prog="pam-vrf", description="Login-time VRF placement: policy and state.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    c = sub.add_parser("check", help="validate vrf.conf (FILE:LINE: message on errors)")
+    c = sub.add_parser("check", help="validate vrf.conf (FILE:LINE: message on errors) and audit the PAM stacks")
     c.add_argument("--config", default=policy.DEFAULT_CONFIG)
+    c.add_argument("--pam-dir", default="/etc/pam.d", help="PAM configuration to audit (default /etc/pam.d)")
     c.set_defaults(func=cmd_check)
 
     c = sub.add_parser("which", help="print the VRF decision for a user")
@@ -251,13 +238,8 @@ def parser():
     c.add_argument("vrf")
     c.add_argument("command", nargs=argparse.REMAINDER)
     c.add_argument("--plain", action="store_true", help="root only: VRF is an ordinary interface")
-    c.add_argument("--via-helper", action="store_true", help="root: go through the helper too")
     c.add_argument("--socket", default=protocol.DEFAULT_SOCKET)
     c.set_defaults(func=cmd_exec)
-
-    c = sub.add_parser("pam-exec", help="session hook for pam_exec (moves the PAM caller)")
-    c.add_argument("options", nargs="*", help="config=PATH socket=PATH debug")
-    c.set_defaults(func=cmd_pam_exec)
 
     c = sub.add_parser("status", help="VRF cgroups, their programs and member processes")
     c.add_argument("--max-pids", type=int, default=20)

@@ -1,5 +1,8 @@
-"""Talk to pam-vrf-helper. Stdlib only; never waits more than protocol.TIMEOUT."""
+"""Talk to pam-vrf-helper. Stdlib only (the pam_python hook uses it on every
+login); every request carries a pidfd of this process (see pam_vrf.process)."""
 
+import os
+import sys
 import time
 
 # The C module: `socket` would pull enum, selectors... into every login.
@@ -9,13 +12,22 @@ from pam_vrf import protocol
 
 
 class HelperError(Exception):
-    """The helper could not be reached or refused the request."""
+    """The helper could not be reached, or refused, or answered nonsense."""
+
+
+class HelperDown(HelperError):
+    """Nothing is listening: no socket file, or no process behind it."""
 
 
 def request(message, path=protocol.DEFAULT_SOCKET, timeout=protocol.TIMEOUT):
-    """Send one request and return the helper's reply (ok or not)."""
+    """Send one request and return the helper's reply (ok or not).
+
+    A helper that is running but busy is waited for up to `timeout` in all;
+    a helper that is not running raises HelperDown at once.
+    """
     deadline = time.monotonic() + timeout
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    pidfd = -1
     try:
         sock.settimeout(timeout)
         try:
@@ -28,16 +40,18 @@ def request(message, path=protocol.DEFAULT_SOCKET, timeout=protocol.TIMEOUT):
                         raise socket.timeout from None
                     time.sleep(0.005)
         except FileNotFoundError:
-            raise HelperError(f"helper not running (no socket {path})") from None
+            raise HelperDown(f"helper not running (no socket {path})") from None
         except ConnectionRefusedError:
-            raise HelperError(f"helper not running (nothing listens on {path})") from None
+            raise HelperDown(f"helper not running (nothing listens on {path})") from None
         except socket.timeout:
             raise HelperError(f"helper did not answer within {timeout:g}s ({path})") from None
         except OSError as e:
             raise HelperError(f"cannot reach helper at {path}: {e.strerror}") from None
         try:
+            pidfd = os.pidfd_open(os.getpid())
+            data = protocol.encode({"v": protocol.VERSION, **message})
             try:
-                sock.sendall(protocol.encode({"v": protocol.VERSION, **message}))
+                sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, pidfd.to_bytes(4, sys.byteorder))])
             except (BrokenPipeError, ConnectionResetError):
                 pass            # the helper answered (busy) and closed first: read why
             sock.settimeout(max(0.001, deadline - time.monotonic()))
@@ -53,6 +67,8 @@ def request(message, path=protocol.DEFAULT_SOCKET, timeout=protocol.TIMEOUT):
         except protocol.ProtocolError as e:
             raise HelperError(f"bad answer from helper: {e}") from None
     finally:
+        if pidfd >= 0:
+            os.close(pidfd)
         sock.close()
 
 

@@ -15,6 +15,13 @@ import _socket
 LOG_AUTHPRIV = 10 << 3
 ERR, WARNING, NOTICE, INFO, DEBUG = 3, 4, 5, 6, 7
 DEV_LOG = "/dev/log"
+# Control characters (a user name from PAM may hold newlines) would forge
+# log lines: every one is written as \xNN.
+_ESCAPES = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7f]}
+
+
+def escape(text):
+    return str(text).translate(_ESCAPES)
 
 
 class Logger:
@@ -24,7 +31,7 @@ class Logger:
     def log(self, level, message):
         if level == DEBUG and not self.debug_enabled:
             return
-        line = f"{self.ident}[{os.getpid()}]: {message}"
+        line = f"{self.ident}[{os.getpid()}]: {escape(message)}"
         try:
             s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)
             try:

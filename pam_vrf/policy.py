@@ -13,14 +13,14 @@ Options: services=LIST (PAM services the line applies to), deny=ITEMS,
 mark=N, priority=N, strict, plain, exec=VRFS (what `pam-vrf exec` may
 enter). See vrf.conf(5) in doc/.
 
-Stdlib only and cheap to import: this runs on every login.
+Stdlib only. The helper keeps the parsed policy; the PAM entries import
+this only when the helper is not running (pam_vrf.offline).
 """
 
 import grp
-import os
-import pwd
 from collections import namedtuple
 
+from pam_vrf import nss
 from pam_vrf.netdev import check_ifname
 from pam_vrf.sockspec import parse_deny
 
@@ -220,40 +220,56 @@ def _u32(seen, key, fail):
     return int(digits, base)
 
 
-# Who is logging in, as NSS knows them: user name and a frozenset of gids.
-Account = namedtuple("Account", ["user", "gids"])
+# Who is logging in, as NSS knows them: user name, a frozenset of gids, and
+# the NSS failure (text) that kept us from knowing the groups, or None.
+Account = namedtuple("Account", ["user", "gids", "error"], defaults=[None])
 
 
 def account(user):
     """Look up a user's primary and supplementary groups through NSS.
 
     An unknown user gets no groups: only name and '*' rules can match them.
+    A failing name service is remembered: `@group` rules then cannot be
+    decided (see Undecidable).
     """
     try:
-        pw = pwd.getpwnam(user)
-    except KeyError:
+        entry = nss.user(user)
+    except nss.NssError as e:
+        return Account(user, frozenset(), str(e))
+    if entry is None:
         return Account(user, frozenset())
-    try:
-        gids = os.getgrouplist(user, pw.pw_gid)
-    except OSError:
-        gids = [pw.pw_gid]
-    return Account(user, frozenset(gids))
+    return Account(user, nss.gids(entry))
+
+
+class Undecidable(Exception):
+    """A `@group` rule could not be checked because a name service failed.
+
+    `strict` tells whether that rule or any later one that could apply is
+    strict: the caller must then refuse rather than guess.
+    """
+
+    def __init__(self, rule, strict, reason):
+        super().__init__(f"cannot decide rule {rule.where} ({rule.who}): {reason}")
+        self.rule, self.strict, self.reason = rule, strict, reason
 
 
 class GroupNames:
     """Answers "is the account in @group NAME?" through NSS, each name once.
 
-    With few distinct groups in the rules, one getgrnam() per name. With
-    many, looking names up one by one is too slow (each is a scan of
-    /etc/group with the files backend, a round trip with LDAP; names that
-    do not exist are the worst case), so the account's own gids are turned
-    into names instead: one enumeration of the group database, plus
-    getgrgid() for gids it does not show (SSSD/LDAP without enumerate).
+    With few distinct groups in the rules, one look-up per name. With many,
+    looking names up one by one is too slow (each is a scan of /etc/group
+    with the files backend, a round trip with LDAP; names that do not exist
+    are the worst case), so the account's own gids are turned into names
+    instead: one enumeration of the group database, plus a look-up by gid
+    for gids it does not show (SSSD/LDAP without enumerate).
+    Raises nss.NssError when a name service fails.
     """
 
     ENUMERATE_ABOVE = 32
 
     def __init__(self, account, distinct_names):
+        if account.error:
+            raise nss.NssError(account.error)
         self.gids = account.gids
         self._member = {}
         self._names = None
@@ -264,20 +280,17 @@ class GroupNames:
                 if entry.gr_gid in self.gids:
                     names.add(entry.gr_name)
             for gid in self.gids - seen:
-                try:
-                    names.add(grp.getgrgid(gid).gr_name)
-                except KeyError:
-                    pass
+                entry = nss.group_by_gid(gid)
+                if entry is not None:
+                    names.add(entry.name)
             self._names = names
 
     def member(self, name):
         if self._names is not None:
             return name in self._names
         if name not in self._member:
-            try:
-                self._member[name] = grp.getgrnam(name).gr_gid in self.gids
-            except KeyError:
-                self._member[name] = False
+            entry = nss.group(name)
+            self._member[name] = entry is not None and entry.gid in self.gids
         return self._member[name]
 
 
@@ -296,21 +309,31 @@ def decide(rules, who, service=None):
     `who` is an Account (see account()) or a user name. None means no line
     matched: the session is left alone, as with target '-'. With
     service=ANY_SERVICE, services= lists are ignored (exec= permissions).
+    Raises Undecidable when a `@group` rule cannot be checked (NSS failure).
     """
     if isinstance(who, str):
         who = account(who)
     groups = None
-    for rule in rules:
-        if rule.services and service is not ANY_SERVICE and service not in rule.services:
+    for index, rule in enumerate(rules):
+        if not _applies(rule, service):
             continue
         if rule.who == "*" or rule.who == who.user:
             return rule
         if rule.who.startswith("@"):
-            if groups is None:
-                count = getattr(rules, "group_count", None)
-                if count is None:
-                    count = len({r.who for r in rules if r.who.startswith("@")})
-                groups = GroupNames(who, count)
-            if groups.member(rule.who[1:]):
-                return rule
+            try:
+                if groups is None:
+                    count = getattr(rules, "group_count", None)
+                    if count is None:
+                        count = len({r.who for r in rules if r.who.startswith("@")})
+                    groups = GroupNames(who, count)
+                if groups.member(rule.who[1:]):
+                    return rule
+            except nss.NssError as e:
+                strict = any(r.strict for r in rules[index:] if _applies(r, service)
+                             and (r.who in ("*", who.user) or r.who.startswith("@")))
+                raise Undecidable(rule, strict, str(e)) from None
     return None
+
+
+def _applies(rule, service):
+    return not rule.services or service is ANY_SERVICE or service in rule.services

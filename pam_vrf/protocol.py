@@ -1,29 +1,60 @@
-"""The helper's wire protocol: one JSON object per SOCK_SEQPACKET message.
+"""The helper's wire protocol: one JSON object per SOCK_SEQPACKET message,
+one request and one reply per connection.
 
-Request  {"v": 1, "op": "ping" | "attach" | "attach-manager" | "place", ...}
-Reply    {"v": 1, "ok": true, ...} or {"v": 1, "ok": false, "error": "why"}
+The helper listens on two sockets in one directory (default /run/pam-vrf):
 
-attach  (root only) {"cgroup": CG, "vrf": NAME, "rule": RULE}: make sure
-        CG (a .../vrf/NAME cgroup the caller created, as a hierarchy path
-        like /proc/PID/cgroup shows: each side has its own mount point)
-        carries the program for RULE bound to NAME.
-attach-manager (root only) {"cgroup": ".../user-UID.slice/user@UID.service",
-        "uid": UID, "vrf": NAME, "rule": RULE}: the same for what the user's
-        systemd manager starts (it runs outside the session's cgroup).
-place   (any user) {"vrf": NAME, "pid": PID?}: move the caller (or, for
-        root, PID) into its VRF cgroup for NAME, if vrf.conf permits it.
+  root.sock    mode 0600: only root can connect (the PAM entries run as
+               root, or euid 0 under su/sudo). Served before anything else,
+               so other users' traffic can never delay a login.
+  helper.sock  mode 0666: everyone (`pam-vrf exec`, status checks).
 
-RULE is {"deny": [item, ...], "mark": N|null, "priority": N|null,
-"plain": bool}, with deny items as written in vrf.conf.
+Requests ({"v": 2, "op": ...}):
+
+  open   root.sock only. {"user": NAME, "service": PAM_SERVICE,
+         "tty": TTY?, "rhost": HOST?}. The helper decides from vrf.conf and
+         places the CALLER (the connecting process, identified by
+         SO_PEERCRED and pinned by a pidfd: the PAM caller itself).
+         Reply: {"ok": true, "verdict": V, "vrf": NAME?, "rule": "FILE:LINE"?,
+                 "cgroup": PATH?, "error": WHY?}
+           placed    moved into vrf (a VRF name, or "default")
+           kept      a non-root invoker's session for their own account
+                     (su to oneself) that is already confined: left where it is
+           alone     no rule, or target '-'
+           unplaced  placement failed under a non-strict rule (error says why)
+           refused   the session must fail: a strict rule could not be
+                     honoured (error says why)
+  place  either socket. {"vrf": NAME}: move the caller into NAME
+         (`pam-vrf exec`): root may enter any VRF, others what their rule
+         grants with exec=.  Reply {"ok": true, "cgroup": PATH}.
+  ping   either socket. Reply {"ok": true, "version": 2}.
+
+Any other outcome is {"ok": false, "error": WHY}: for `open`, the PAM entries
+then behave as if the helper were not running (see pam_vrf.offline).
+
 Stdlib only and light: the login path uses it (see jsonlite for why not json).
 """
 
+import os
+
 from pam_vrf import jsonlite
 
-VERSION = 1
+VERSION = 2
 MAX_MESSAGE = 4096          # bytes; anything larger is refused unread
-TIMEOUT = 1.0               # seconds a client waits for the helper, in all
-DEFAULT_SOCKET = "/run/pam-vrf/helper.sock"
+TIMEOUT = 1.0               # seconds: status/exec requests
+# A login waits this long for a helper that is running but busy (or stopped)
+# before treating it as absent: load alone must never leave a session unplaced.
+LOGIN_TIMEOUT = 30.0
+RUN_DIR = "/run/pam-vrf"
+DEFAULT_SOCKET = RUN_DIR + "/helper.sock"
+ROOT_SOCKET_NAME = "root.sock"
+
+
+def root_socket(socket_path=DEFAULT_SOCKET):
+    """The root-only socket that lives beside `socket_path`."""
+    return os.path.join(os.path.dirname(socket_path) or ".", ROOT_SOCKET_NAME)
+
+
+VERDICTS = ("placed", "kept", "alone", "unplaced", "refused")
 
 
 class ProtocolError(Exception):
@@ -38,7 +69,7 @@ def encode(obj):
 
 
 def decode(data):
-    """Parse one message; ProtocolError for anything but a v1 JSON object."""
+    """Parse one message; ProtocolError for anything but a v2 JSON object."""
     if len(data) > MAX_MESSAGE:
         raise ProtocolError(f"message larger than {MAX_MESSAGE} bytes")
     try:

@@ -13,6 +13,9 @@ TYPES = {"stream": 1, "dgram": 2, "raw": 3, "seqpacket": 5}
 PROTOCOLS = {"ip": 0, "icmp": 1, "tcp": 6, "udp": 17, "ipv6": 41,
              "icmpv6": 58, "sctp": 132, "udplite": 136, "mptcp": 262}
 ANY = "*"
+# More items than this in one rule is refused by `pam-vrf check` and the
+# helper alike (each item is a few instructions of the program).
+MAX_DENY = 64
 
 
 # family, type, protocol: int or None (any); text: as written, for messages.
@@ -26,6 +29,8 @@ def parse_deny(text):
         if not word:
             raise ValueError("empty item")
         items.append(parse_item(word))
+    if len(items) > MAX_DENY:
+        raise ValueError(f"{len(items)} items, at most {MAX_DENY} are allowed")
     return tuple(items)
 
 

@@ -199,19 +199,25 @@ def installed():
 class SyslogSink:
     """A syslog receiver for the processes under test.
 
-    With no /dev/log on the host (CI), it listens at /dev/log itself for the
-    test session. With a syslog daemon present, it listens elsewhere and
-    wrap() runs a command in a private mount namespace where that socket
-    is bind-mounted over /dev/log, so the host's syslog is left alone.
+    It listens in a directory of its own; wrap() runs a command in a private
+    mount namespace where that socket is bind-mounted over /dev/log, so the
+    host's syslog is left alone and several test runs can share a machine.
+    A bind mount needs something at /dev/log: where there is nothing (CI has
+    no syslog daemon), an empty regular file is left there for good (removing
+    it would detach other runs' mounts).
     """
 
     def __init__(self):
         import socket
         import threading
-        self.own_dev_log = not os.path.lexists("/dev/log")
+        if not os.path.lexists("/dev/log"):
+            try:
+                os.close(os.open("/dev/log", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            except FileExistsError:
+                pass
         self.dir = tempfile.mkdtemp(prefix="pam-vrf-syslog-")
         os.chmod(self.dir, 0o755)
-        self.path = "/dev/log" if self.own_dev_log else os.path.join(self.dir, "log")
+        self.path = os.path.join(self.dir, "log")
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(self.path)
         os.chmod(self.path, 0o666)
@@ -230,9 +236,8 @@ class SyslogSink:
                 self.cond.notify_all()
 
     def wrap(self, argv):
-        if self.own_dev_log:
-            return list(argv)
-        script = 'mount --bind "$0" /dev/log && exec "$@"'
+        # (Re)create the mount point: another run on this machine may have removed it.
+        script = '[ -e /dev/log ] || : >> /dev/log; mount --bind "$0" /dev/log && exec "$@"'
         return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, self.path, *argv]
 
     def mark(self):
@@ -259,8 +264,6 @@ class SyslogSink:
 
     def close(self):
         self.sock.close()
-        if self.own_dev_log:
-            os.unlink("/dev/log")
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -279,12 +282,13 @@ class Helper:
     def __init__(self, user, workdir, config, netns=None, syslog=None):
         self.user, self.workdir, self.config, self.netns, self.syslog = user, workdir, config, netns, syslog
         self.socket = os.path.join(workdir, "helper.sock")
+        self.root_socket = os.path.join(workdir, "root.sock")
         self.proc = None
 
     def argv(self):
         argv = ["setpriv", "--reuid", str(self.user.pw_uid), "--regid", str(self.user.pw_gid),
                 "--init-groups", "--inh-caps", self.CAPS, "--ambient-caps", self.CAPS,
-                "/usr/local/sbin/pam-vrf-helper", "--socket", self.socket, "--config", self.config]
+                "/usr/local/sbin/pam-vrf-helper", "--socket", self.socket, "--config", self.config, "--debug"]
         if self.netns:
             argv = ["nsenter", f"--net=/run/netns/{self.netns}", *argv]
         return self.syslog.wrap(argv) if self.syslog else argv

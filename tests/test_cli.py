@@ -99,10 +99,17 @@ def test_status_shows_cgroups_programs_rules_and_members(sandbox_cgroup):
 PROBE = "import json, socket; s = socket.socket(); print(json.dumps([open('/proc/self/cgroup').read().strip(), s.getsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, 16).rstrip(bytes(1)).decode()]))"
 
 
-def test_exec_as_root_places_the_command(sandbox_cgroup, netns):
+def test_exec_as_root_places_the_command_through_the_helper(sandbox_cgroup, netns, helper_factory, vrf_conf):
     ns = netns()
     env = dict(os.environ, PYTHONPATH=REPO)
-    proc = spawn([PY, "-m", "pam_vrf", "exec", "--plain", "lo", "--", PY, "-c", PROBE],
+    # Without a helper: a clear error, nothing run.
+    proc = spawn([PY, "-m", "pam_vrf", "exec", "--socket", "/nonexistent/helper.sock", "--plain", "lo", "--",
+                  "true"], netns=ns, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1 and "helper not running" in err and "ip vrf exec" in err, err
+
+    helper = helper_factory(vrf_conf("* -\n"), netns=ns)
+    proc = spawn([PY, "-m", "pam_vrf", "exec", "--socket", helper.socket, "--plain", "lo", "--", PY, "-c", PROBE],
                  netns=ns, cgroup_dir=sandbox_cgroup, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                  text=True, env=env)
     out, err = proc.communicate(timeout=30)
@@ -111,9 +118,10 @@ def test_exec_as_root_places_the_command(sandbox_cgroup, netns):
     assert cgroup_line.splitlines()[-1] == f"0::{sandbox_cgroup[len(cgroup.mount_point()):]}/{ns}-ns/vrf/lo"
     assert device == "lo"
 
-    proc = spawn([PY, "-m", "pam_vrf", "exec", "lo", "--", "true"], netns=ns, cgroup_dir=sandbox_cgroup,
+    proc = spawn([PY, "-m", "pam_vrf", "exec", "--socket", helper.socket, "lo", "--", "true"], netns=ns,
+                 cgroup_dir=sandbox_cgroup,
                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 1 and "'lo' is not a VRF device" in err
+    assert proc.returncode == 1 and "'lo' is a plain device, not a VRF" in err
     proc = pam_vrf_cli("exec", "lo")
     assert proc.returncode == 2 and "no command given" in proc.stderr

@@ -11,6 +11,7 @@ import concurrent.futures
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import textwrap
@@ -273,11 +274,13 @@ PAM_DRIVER = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("library", ["pamela", "python-pam"])
-def test_pam_exec_entry_driven_from_python(lab, library):
+def test_c_module_driven_from_python(lab, library):
+    """pam_vrf.so holds no interpreter, so Python programs can drive its stack
+    (a Python process that loads pam_python.so crashes)."""
     member = lab.user(lab.group)
     service = f"pvt-{'exec' if library == 'pamela' else 'pp'}{lab.tag}"
-    lab.pam_service(service, f"session [success=ok system_err=bad default=ignore] pam_exec.so quiet "
-                             f"{PAM_VRF} pam-exec config={lab.config} socket={lab.helper.socket} debug")
+    lab.pam_service(service, f"session [success=ok session_err=bad default=ignore] pam_vrf.so "
+                             f"config={lab.config} socket={lab.helper.socket} debug")
     mark = lab.syslog.mark()
     argv = lab.syslog.wrap([PY, "-c", PAM_DRIVER, library, member.pw_name, service])
     got = json.loads(sh("nsenter", f"--net=/run/netns/{lab.ns}", *argv, cwd="/").stdout)
@@ -302,13 +305,101 @@ def test_helper_stopped_non_strict_proceeds_unplaced_strict_refuses(lab):
     assert_placed(lab.probe(restricted), lab, inet6="errno:1")
 
 
-def test_broken_config_logs_file_and_line_and_lets_the_login_through(lab):
+def test_broken_config_keeps_the_last_good_policy(lab):
+    """A broken edit while the helper runs: the policy read before stays in force."""
     member = lab.user(lab.group)
+    assert_placed(lab.probe(member), lab)
     lab.set_policy(lab.policy() + "@oops\n")
     lines = open(lab.config).read().count("\n")
     mark = lab.syslog.mark()
+    assert_placed(lab.probe(member), lab)
+    lab.syslog.wait_for([f"{lab.config}:{lines}:", "has no target", "keeping the policy read before"], mark)
+
+
+def test_broken_config_at_helper_start_logs_file_and_line_and_lets_the_login_through(lab):
+    member = lab.user(lab.group)
+    lab.helper.stop()
+    lab.set_policy(lab.policy() + "@oops\n")
+    lines = open(lab.config).read().count("\n")
+    lab.helper.start()
+    mark = lab.syslog.mark()
     assert_unplaced(lab.probe(member), lab)
     lab.syslog.wait_for([f"{lab.config}:{lines}:", "has no target", "left unplaced"], mark)
+
+
+def test_a_stopped_helper_is_waited_for(lab):
+    """SIGSTOP for a few seconds: the login waits and is placed (load alone
+    never leaves a session unplaced)."""
+    member = lab.user(lab.group)
+    os.kill(lab.helper.proc.pid, signal.SIGSTOP)
+    try:
+        session = subprocess.Popen(lab.ssh_argv(member, f"{PY} {lab.dir}/probe.py"),
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(3)
+        assert session.poll() is None          # still waiting for the helper
+    finally:
+        os.kill(lab.helper.proc.pid, signal.SIGCONT)
+    out, err = session.communicate(timeout=60)
+    assert session.returncode == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["cgroup"].endswith(f"/vrf/{lab.target}") and result["tcp4"] == lab.target, result
+
+
+FLOODER = textwrap.dedent("""
+    import os, socket, sys, time
+    path, kind, until = sys.argv[1], sys.argv[2], time.monotonic() + float(sys.argv[3])
+    held = []
+    while time.monotonic() < until:
+        try:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            s.settimeout(1)
+            s.connect(path)
+            if kind == "hold":
+                held.append(s)
+                if len(held) > 64:
+                    held.pop(0).close()
+                continue
+            if kind == "garbage":
+                s.send(os.urandom(512))
+            elif kind == "place":
+                fd = os.pidfd_open(os.getpid())
+                s.sendmsg([b'{"v":2,"op":"place","vrf":"%s"}' % sys.argv[4].encode()],
+                          [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fd.to_bytes(4, sys.byteorder))])
+                os.close(fd)
+                s.recv(4096)
+            s.close()
+        except OSError:
+            time.sleep(0.001)
+""")
+
+
+def test_twenty_logins_are_all_placed_while_a_user_floods_the_helper(lab):
+    """32 processes of one unprivileged user: connect/close churn, held-open
+    connections, garbage and policy-heavy exec requests against a 10 000-line
+    vrf.conf. Every ssh login is still placed."""
+    flooder = lab.user(lab.exec_group)
+    decoys = "".join(f"pvtdecoy{i} {lab.target} plain\n" for i in range(10000))
+    lab.set_policy(decoys + lab.policy())
+    members = [lab.user(lab.group) for _ in range(20)]
+    script = os.path.join(lab.dir, "flood.py")
+    with open(script, "w") as f:
+        f.write(FLOODER)
+    os.chmod(script, 0o644)
+    kinds = ["churn", "hold", "garbage", "place"] * 8
+    floods = [spawn([PY, script, lab.helper.socket, kind, "90", lab.target], netns=lab.ns, user=flooder,
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for kind in kinds]
+    try:
+        time.sleep(1)
+        with concurrent.futures.ThreadPoolExecutor(20) as pool:
+            results = list(pool.map(lab.probe, members))
+        for result in results:
+            assert_placed(result, lab)
+        assert all(f.poll() is None for f in floods)        # the flood went on all along
+    finally:
+        for f in floods:
+            f.kill()
+            f.wait()
+    assert lab.helper.alive()
 
 
 def test_placed_session_keeps_binding_across_helper_restart_and_vrf_recreation(lab):

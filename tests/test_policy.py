@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from pam_vrf import policy
+from pam_vrf import nss, policy
 from pam_vrf.policy import ConfigError, Rule
 from pam_vrf.sockspec import DenyItem
 
@@ -695,8 +695,8 @@ def test_enumeration_resolves_found_names_without_lookups(nss_accounts, monkeypa
     p = nss_accounts
     rules = policy.parse(_decoy_rules(p, policy.GroupNames.ENUMERATE_ABOVE + 5) + f"@{p}g1 vrf-g1\n")
     looked_up = []
-    real_getgrnam = grp.getgrnam
-    monkeypatch.setattr(policy.grp, "getgrnam", lambda n: looked_up.append(n) or real_getgrnam(n))
+    real_group = nss.group
+    monkeypatch.setattr(policy.nss, "group", lambda n: looked_up.append(n) or real_group(n))
     assert names(policy.decide(rules, p + "a", None))[:2] == (f"@{p}g1", "vrf-g1")
     # The account's gids were named from the enumeration: no name is looked up,
     # not even the decoys the database does not know (the slow case with LDAP).
@@ -720,8 +720,8 @@ def test_enumeration_falls_back_to_lookup_for_hidden_groups(nss_accounts, monkey
 
 def test_group_names_caches_each_name_once(monkeypatch):
     looked_up = []
-    real_getgrnam = grp.getgrnam
-    monkeypatch.setattr(policy.grp, "getgrnam", lambda n: looked_up.append(n) or real_getgrnam(n))
+    real_group = nss.group
+    monkeypatch.setattr(policy.nss, "group", lambda n: looked_up.append(n) or real_group(n))
     groups = policy.GroupNames(policy.Account("root", frozenset({0})), 1)
     assert groups.member("root") is True
     assert groups.member("root") is True

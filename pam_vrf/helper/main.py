@@ -24,10 +24,7 @@ from pam_vrf.log import Logger
 SD_LISTEN_FDS_START = 3
 
 
-def listening_socket(path):
-    """The socket systemd passed us (socket activation), or a new one at `path`."""
-    if os.environ.get("LISTEN_PID") == str(os.getpid()) and os.environ.get("LISTEN_FDS") == "1":
-        return socket.socket(fileno=SD_LISTEN_FDS_START)
+def _bind(path, mode):
     os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
     try:
         if stat.S_ISSOCK(os.lstat(path).st_mode):
@@ -35,10 +32,31 @@ def listening_socket(path):
     except FileNotFoundError:
         pass
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    sock.bind(path)
-    os.chmod(path, 0o666)           # everyone may ask; SO_PEERCRED decides what is allowed
+    old = os.umask(0o777)           # no moment where the socket is open to all
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old)
+    os.chmod(path, mode)
     sock.listen(128)
     return sock
+
+
+def listening_sockets(path):
+    """{socket: is root.sock}: the public socket at `path` (mode 0666: everyone
+    may ask, SO_PEERCRED decides) and root.sock beside it (mode 0600: root
+    only). Taken from systemd when it passes them (socket activation)."""
+    root_path = protocol.root_socket(path)
+    passed = {}
+    if os.environ.get("LISTEN_PID") == str(os.getpid()):
+        for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + int(os.environ.get("LISTEN_FDS", "0"))):
+            sock = socket.socket(fileno=fd)
+            passed[sock.getsockname()] = sock
+    public = passed.pop(path, None) or _bind(path, 0o666)
+    root = passed.pop(root_path, None) or _bind(root_path, 0o600)
+    for sock in passed.values():
+        sock.close()
+    return {public: False, root: True}
 
 
 def check_capabilities():
@@ -67,19 +85,27 @@ def main(argv=None):
     # pyroute2 is heavy (~140 ms to import): only the helper pays for it.
     from pam_vrf.helper.attachments import Attachments
     from pam_vrf.helper.links import Links
+    from pam_vrf.helper.placement import Placement
+    from pam_vrf.helper.policy_cache import PolicyCache, Unavailable
     from pam_vrf.helper.requests import Handler
     from pam_vrf.helper.server import Server
 
     state = args.state or os.path.join(os.path.dirname(args.socket), "attachments.json")
     try:
-        listener = listening_socket(args.socket)
+        listeners = listening_sockets(args.socket)
     except OSError as e:
         log.err(f"cannot listen on {args.socket}: {e.strerror}")
         return 1
     links = Links()
     attachments = Attachments(state, log)
     attachments.refresh(links.resolve)
-    server = Server(listener, Handler(attachments, links, args.config, log), links, log)
+    policy_cache = PolicyCache(args.config, log)
+    try:
+        policy_cache.rules()        # read it now: a broken file is logged at start
+    except Unavailable:
+        pass
+    placement = Placement(attachments, links, policy_cache, log)
+    server = Server(listeners, Handler(attachments, placement, log), links, log)
 
     def stop(signum, frame):
         server.stopping = True
@@ -87,7 +113,8 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 
-    log.info(f"pam-vrf-helper {__version__} serving {args.socket} (uid {os.getuid()}, "
+    log.info(f"pam-vrf-helper {__version__} serving {args.socket} and "
+             f"{protocol.root_socket(args.socket)} (uid {os.getuid()}, "
              f"{len(attachments.entries)} remembered attachments)")
     try:
         server.serve_forever()
@@ -96,7 +123,8 @@ def main(argv=None):
     finally:
         attachments.flush()
         links.close()
-        listener.close()
+        for sock in listeners:
+            sock.close()
     log.info("stopped")
     return 0
 

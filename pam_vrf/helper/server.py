@@ -1,10 +1,17 @@
 """The helper's socket loop: one request per connection, bounded in size,
 time and number of clients, so a hostile client cannot stall or crash it.
 
-Single-threaded (selectors): requests are short kernel calls, and one
-thread means no locking around the attachment table.
+Two listening sockets: root.sock (mode 0600, the PAM entries) and the public
+helper.sock. Single-threaded (selectors; one thread means no locking around
+the attachment table), with priority: whatever is ready on root.sock is
+served before each single piece of work for the public socket, so other
+users' traffic delays a login by one short request at most.
+
+Each request carries the sender's pidfd (SCM_RIGHTS) and the kernel adds
+the sender's pid (SCM_CREDENTIALS): see pam_vrf.process.
 """
 
+import array
 import errno
 import os
 import select
@@ -13,32 +20,22 @@ import socket
 import struct
 import time
 
-from pam_vrf import protocol
+from pam_vrf import process, protocol
 from pam_vrf.helper.requests import Peer
 
-SO_PEERPIDFD = 77           # Linux >= 6.5
-MAX_CLIENTS = 128
+MAX_CLIENTS = 128           # public socket; root.sock is never turned away
 MAX_PER_UID = 16            # one non-root user cannot take every slot
+RATE_PER_UID = 20.0         # requests a second a non-root uid may make...
+BURST_PER_UID = 40          # ...after a burst of this many
 CLIENT_DEADLINE = protocol.TIMEOUT
 PRUNE_EVERY = 10.0          # seconds between looks for cgroups that logind removed
 
-
-def peer_of(conn):
-    pid, uid, gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                       struct.calcsize("3i")))
-    try:
-        pidfd = conn.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
-    except OSError:
-        try:
-            pidfd = os.pidfd_open(pid)
-        except OSError:
-            pidfd = -1
-    return Peer(pid, uid, gid, pidfd)
+_UCRED = struct.Struct("3i")
+_ANCILLARY = socket.CMSG_SPACE(4) + socket.CMSG_SPACE(_UCRED.size)
 
 
 def peer_uid(conn):
-    return struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                               struct.calcsize("3i")))[1]
+    return _UCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))[1]
 
 
 def _hung_up(conn):
@@ -61,43 +58,64 @@ def _close(conn):
     conn.close()
 
 
+def _ancillary(ancdata):
+    """(pidfds received, sender pid or None) from recvmsg's ancillary data."""
+    fds, pid = [], None
+    for level, kind, data in ancdata:
+        if level != socket.SOL_SOCKET:
+            continue
+        if kind == socket.SCM_RIGHTS:
+            fds.extend(array.array("i", data[: len(data) - len(data) % 4]))
+        elif kind == socket.SCM_CREDENTIALS and len(data) >= _UCRED.size:
+            pid = _UCRED.unpack(data[:_UCRED.size])[0]
+    return fds, pid
+
+
+class Client:
+    __slots__ = ("uid", "root", "deadline")
+
+    def __init__(self, uid, root, deadline):
+        self.uid, self.root, self.deadline = uid, root, deadline
+
+
 class Server:
-    def __init__(self, listener, handler, links, log):
-        self.listener, self.handler, self.links, self.log = listener, handler, links, log
-        self.clients = {}          # socket -> deadline
-        self.uids = {}             # socket -> peer uid
+    def __init__(self, listeners, handler, links, log):
+        """listeners: {socket: True for root.sock, False for the public one}."""
+        self.listeners, self.handler, self.links, self.log = listeners, handler, links, log
+        self.clients = {}          # socket -> Client
         self.sel = selectors.DefaultSelector()
+        self.root_sel = selectors.DefaultSelector()     # root.sock and its clients only
         self.stopping = False
         self._busy = (0.0, 0)      # (time of the last busy warning, refusals not yet logged)
+        self._buckets = {}         # uid -> (tokens, time)
 
     def serve_forever(self):
-        self.listener.setblocking(False)
-        self.sel.register(self.listener, selectors.EVENT_READ, "accept")
+        for sock, root in self.listeners.items():
+            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            self.sel.register(sock, selectors.EVENT_READ, ("accept", root))
+            if root:
+                self.root_sel.register(sock, selectors.EVENT_READ, ("accept", root))
         if self.links is not None:
-            self.sel.register(self.links.fileno(), selectors.EVENT_READ, "links")
+            self.sel.register(self.links.fileno(), selectors.EVENT_READ, ("links", False))
         attachments = self.handler.attachments
         flush_at = None
         prune_at = time.monotonic() + PRUNE_EVERY
         while not self.stopping:
-            deadlines = list(self.clients.values())
+            deadlines = [c.deadline for c in self.clients.values()]
             if attachments.entries:
                 deadlines.append(prune_at)
             if attachments.dirty:
                 flush_at = flush_at or time.monotonic() + attachments.FLUSH_DELAY
                 deadlines.append(flush_at)
             timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
-            for key, _ in self.sel.select(timeout):
-                try:
-                    if key.data == "accept":
-                        self._accept()
-                    elif key.data == "links":
-                        self._link_events()
-                    else:
-                        self._serve(key.fileobj)
-                except Exception as e:          # never let one event take the helper down
-                    self.log.err(f"internal error ({key.data}): {type(e).__name__}: {e}")
-                    if key.data not in ("accept", "links"):
-                        self._drop(key.fileobj)
+            ready = self.sel.select(timeout)
+            self._root_first()
+            for key, _ in ready:
+                if key.data[1]:
+                    continue        # root.sock's: served by _root_first()
+                self._event(key)
+                self._root_first()
             self._expire()
             if time.monotonic() >= prune_at:
                 attachments.flush()         # ended sessions: forget them, unload unused programs
@@ -106,9 +124,34 @@ class Server:
                 attachments.flush()
                 flush_at = None
 
-    def _accept(self):
+    def _root_first(self):
+        """Serve everything that is ready on root.sock, until nothing is."""
+        while True:
+            ready = self.root_sel.select(0)
+            if not ready:
+                return
+            for key, _ in ready:
+                self._event(key)
+
+    def _event(self, key):
+        kind, root = key.data
+        if key.fileobj not in self.listeners and kind == "client" and key.fileobj not in self.clients:
+            return                  # dropped earlier in this round
         try:
-            conn, _ = self.listener.accept()
+            if kind == "accept":
+                self._accept(key.fileobj, root)
+            elif kind == "links":
+                self._link_events()
+            else:
+                self._serve(key.fileobj)
+        except Exception as e:          # never let one event take the helper down
+            self.log.err(f"internal error ({kind}): {type(e).__name__}: {e}")
+            if kind == "client":
+                self._drop(key.fileobj)
+
+    def _accept(self, listener, root):
+        try:
+            conn, _ = listener.accept()
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:
@@ -117,19 +160,40 @@ class Server:
                 time.sleep(0.01)
             return
         uid = peer_uid(conn)
-        if uid != 0:        # root (the PAM hook) is never turned away
-            mine = sum(1 for u in self.uids.values() if u == uid)
-            if len(self.clients) >= MAX_CLIENTS or mine >= MAX_PER_UID:
-                self._busy_warning(uid)
+        if root and uid != 0:       # mode 0600 should make this impossible
+            self._send(conn, protocol.reply(False, error="root.sock is for root only"))
+            _close(conn)
+            return
+        if uid != 0:                # root (the PAM entries) is never turned away
+            why = self._over_limit(uid)
+            if why:
+                self._busy_warning(uid, why)
                 self._send(conn, protocol.reply(False, error="helper busy"))
                 _close(conn)
                 return
         conn.setblocking(False)
-        self.uids[conn] = uid
-        self.clients[conn] = time.monotonic() + CLIENT_DEADLINE
-        self.sel.register(conn, selectors.EVENT_READ, "client")
+        self.clients[conn] = Client(uid, root, time.monotonic() + CLIENT_DEADLINE)
+        self.sel.register(conn, selectors.EVENT_READ, ("client", root))
+        if root:
+            self.root_sel.register(conn, selectors.EVENT_READ, ("client", root))
 
-    def _busy_warning(self, uid):
+    def _over_limit(self, uid):
+        if len(self.clients) >= MAX_CLIENTS:
+            return f"more than {MAX_CLIENTS} clients at once"
+        if sum(1 for c in self.clients.values() if c.uid == uid) >= MAX_PER_UID:
+            return f"more than {MAX_PER_UID} connections of uid {uid}"
+        now = time.monotonic()
+        tokens, then = self._buckets.get(uid, (BURST_PER_UID, now))
+        tokens = min(BURST_PER_UID, tokens + (now - then) * RATE_PER_UID)
+        if tokens < 1:
+            self._buckets[uid] = (tokens, now)
+            return f"uid {uid} over {RATE_PER_UID:g} requests a second"
+        self._buckets[uid] = (tokens - 1, now)
+        if len(self._buckets) > 4096:       # forget users who are quiet again
+            self._buckets = {u: b for u, b in self._buckets.items() if now - b[1] < 60}
+        return None
+
+    def _busy_warning(self, uid, why):
         """One line a second at most: a flood must not flood syslog too."""
         last, count = self._busy
         now = time.monotonic()
@@ -137,38 +201,50 @@ class Server:
             self._busy = (last, count + 1)
             return
         more = f" (and {count} more refusals in the last second)" if count else ""
-        self.log.warning(f"more than {MAX_CLIENTS} clients at once, or {MAX_PER_UID} of uid {uid}: "
-                         f"refusing a connection{more}")
+        self.log.warning(f"{why}: refusing a connection of uid {uid}{more}")
         self._busy = (now, 0)
 
     def _serve(self, conn):
         try:
-            data, _, flags, _ = conn.recvmsg(protocol.MAX_MESSAGE + 1)
+            data, ancdata, flags, _ = conn.recvmsg(protocol.MAX_MESSAGE + 1, _ANCILLARY,
+                                                   socket.MSG_CMSG_CLOEXEC)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             self._drop(conn)
             return
-        if not data and _hung_up(conn):
-            self._drop(conn)
-            return
-        peer = peer_of(conn)
+        fds, sender = _ancillary(ancdata)
+        client = self.clients[conn]
         try:
-            if not data:
-                raise protocol.ProtocolError("empty message")
-            if flags & socket.MSG_TRUNC or len(data) > protocol.MAX_MESSAGE:
-                raise protocol.ProtocolError(f"message larger than {protocol.MAX_MESSAGE} bytes")
-            request = protocol.decode(data)
-        except protocol.ProtocolError as e:
-            self.log.warning(f"refused malformed request from {peer}: {e}")
-            answer = protocol.reply(False, error=f"malformed request: {e}")
-        else:
-            answer = self.handler.handle(request, peer)
+            if not data and not fds and _hung_up(conn):
+                self._drop(conn)
+                return
+            peer = Peer(client.uid, client.root, None, "")
+            try:
+                if not data:
+                    raise protocol.ProtocolError("empty message")
+                if flags & socket.MSG_TRUNC or len(data) > protocol.MAX_MESSAGE:
+                    raise protocol.ProtocolError(f"message larger than {protocol.MAX_MESSAGE} bytes")
+                request = protocol.decode(data)
+            except protocol.ProtocolError as e:
+                self.log.warning(f"refused malformed request from {peer}: {e}")
+                answer = protocol.reply(False, error=f"malformed request: {e}")
+            else:
+                answer = self.handler.handle(request, self._identify(client, fds, sender, flags))
         finally:
-            if peer.pidfd >= 0:
-                os.close(peer.pidfd)
+            for fd in fds:
+                os.close(fd)
         self._send(conn, answer)
         self._drop(conn)
+
+    def _identify(self, client, fds, sender, flags):
+        """The Peer: SO_PEERCRED's uid, and the sender pinned by its pidfd."""
+        if flags & socket.MSG_CTRUNC or len(fds) != 1 or sender is None:
+            return Peer(client.uid, client.root, None, "send exactly one pidfd of the sending process")
+        try:
+            return Peer(client.uid, client.root, process.pin(sender, fds[0]), "")
+        except process.ProcessError as e:
+            return Peer(client.uid, client.root, None, str(e))
 
     def _send(self, conn, answer):
         try:
@@ -177,16 +253,17 @@ class Server:
             pass
 
     def _drop(self, conn):
-        if conn in self.clients:
-            del self.clients[conn]
-            self.uids.pop(conn, None)
+        client = self.clients.pop(conn, None)
+        if client is not None:
             self.sel.unregister(conn)
+            if client.root:
+                self.root_sel.unregister(conn)
         _close(conn)
 
     def _expire(self):
         now = time.monotonic()
-        for conn, deadline in list(self.clients.items()):
-            if deadline <= now:
+        for conn, client in list(self.clients.items()):
+            if client.deadline <= now:
                 self._send(conn, protocol.reply(False, error="request not received in time"))
                 self._drop(conn)
 

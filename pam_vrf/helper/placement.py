@@ -1,0 +1,215 @@
+"""The one placement routine, and the two decisions that use it.
+
+    open_session()   a login (root-only socket): vrf.conf decides for the
+                     account and PAM service; the caller is placed, and the
+                     user's systemd manager bound to the same VRF
+    exec_place()     `pam-vrf exec` (any user): root may enter any VRF, others
+                     only what their rule grants with exec=
+    move()           both: every guard lives here, nowhere else
+
+The process is always the requester itself, pinned by its pidfd (see
+pam_vrf.process); nothing here takes a pid from a message.
+"""
+
+import os
+
+from pam_vrf import cgroup, nss, policy, process, protocol
+from pam_vrf.bpf import cgroup_link
+from pam_vrf.bpf.syscall import BpfError
+from pam_vrf.helper.attachments import Conflict
+from pam_vrf.helper.links import DeviceError
+from pam_vrf.helper.policy_cache import Unavailable
+
+# cgroups the helper may create for one non-root user's `pam-vrf exec`
+# (each is a directory and a program attachment the helper keeps track of).
+MAX_CGROUPS_PER_UID = 32
+BIND_ONLY = {"deny": [], "mark": None, "priority": None, "plain": False}
+
+
+class PlacementError(Exception):
+    pass
+
+
+def verdict(kind, **fields):
+    return protocol.reply(verdict=kind, **{k: v for k, v in fields.items() if v is not None})
+
+
+class Placement:
+    def __init__(self, attachments, links, policy_cache, log):
+        self.attachments, self.links, self.policy, self.log = attachments, links, policy_cache, log
+        self.netns = cgroup.netns_name()
+        self._created = {}          # uid -> cgroup directories made for its `pam-vrf exec`
+
+    # -- logins --------------------------------------------------------------
+
+    def open_session(self, proc, user, service):
+        """Decide and place a login's PAM caller; returns the reply (a verdict)."""
+        who = f"user {user} (service {service or '-'})"
+        try:
+            rules = self.policy.rules()
+        except Unavailable as e:
+            self.log.err(f"{who} left unplaced: {e}")
+            return verdict("unplaced", error=str(e))
+        account = policy.account(user)
+        try:
+            rule = policy.decide(rules, account, service)
+        except policy.Undecidable as e:
+            if e.strict:
+                self.log.err(f"refusing session of {who}: {e} (a strict rule may apply)")
+                return verdict("refused", error=str(e))
+            self.log.err(f"{who} left unplaced: {e}")
+            return verdict("unplaced", error=str(e))
+        if rule is None or rule.target == policy.LEAVE_ALONE:
+            self.log.debug(f"{who} left alone ({rule.where if rule else 'no matching rule'})")
+            return verdict("alone", rule=rule.where if rule else None)
+
+        uid = _uid_of(user)
+        kept = self._confined_self_session(proc, uid)
+        if kept is not None:
+            self.log.notice(f"{who}: pid {proc.pid}, a session of uid {proc.ruid} for its own account, keeps its "
+                            f"placement ({kept}); rule {rule.where} not applied")
+            return verdict("kept", vrf=cgroup.vrf_of(kept) or None, rule=rule.where, cgroup=kept)
+
+        try:
+            where = self.move(proc, rule.target, protocol.rule_fields(rule), reattach=True)
+            manager = self._bind_manager(proc, uid, rule) if rule.places else None
+        except PlacementError as e:
+            if rule.strict:
+                self.log.err(f"refusing session of {who}: {e} (strict rule {rule.where})")
+                return verdict("refused", error=str(e), rule=rule.where)
+            self.log.err(f"{who} left unplaced: {e} (rule {rule.where})")
+            return verdict("unplaced", error=str(e), rule=rule.where)
+        self.log.info(f"{who} placed in VRF {rule.target} (rule {rule.where}), cgroup {where}, pid {proc.pid}"
+                      + (f"; systemd user manager {manager} bound too" if manager else ""))
+        return verdict("placed", vrf=rule.target, rule=rule.where, cgroup=where)
+
+    def _confined_self_session(self, proc, uid):
+        """A non-root invoker opening a session for their own account (su to
+        oneself, sudo -u self) must not loosen where they already are: the
+        cgroup they are in, when a sock-create program already covers it."""
+        if proc.ruid == 0 or uid is None or proc.ruid != uid:
+            return None
+        try:
+            current = cgroup.cgroup_of(proc.pid)
+            if cgroup.vrf_of(current) or cgroup_link.effective(cgroup.fs_path(current)):
+                return current
+        except (cgroup.CgroupError, BpfError) as e:
+            # Cannot tell: keeping it where it is is never a loosening.
+            self.log.warning(f"cannot read the placement of pid {proc.pid}: {e}; keeping it")
+            return "?"
+        return None
+
+    def _bind_manager(self, proc, uid, rule):
+        """Bind what the user's systemd manager starts (systemd-run --user) too:
+        it runs outside the session's scope. None where there is none (no logind)."""
+        if uid is None:
+            return None
+        try:
+            manager = cgroup.user_manager_of(cgroup.cgroup_of(proc.pid), uid)
+            if manager is None:
+                return None
+            path = self._directory(manager)
+        except (cgroup.CgroupError, PlacementError):
+            return None
+        if not os.path.isdir(path):
+            return None
+        try:
+            self.attachments.attach(path, rule.target, protocol.rule_fields(rule),
+                                    self._resolve(rule.target, rule.plain))
+        except (OSError, Conflict) as e:
+            raise PlacementError(f"the systemd user manager cannot be bound to VRF "
+                                 f"{rule.target}: {e}") from None
+        return manager
+
+    # -- pam-vrf exec ----------------------------------------------------------
+
+    def exec_place(self, proc, peer_uid, vrf, plain=False):
+        """Move the requester into `vrf` if it may enter it; returns the cgroup."""
+        if peer_uid == 0:
+            fields = dict(BIND_ONLY, plain=plain)
+        else:
+            if proc.ruid != peer_uid or proc.euid != peer_uid:
+                raise PlacementError(f"pid {proc.pid} (uid {proc.ruid}/{proc.euid}) is not "
+                                     f"a process of uid {peer_uid}")
+            fields = protocol.rule_fields(self._exec_rule(peer_uid, vrf))
+        return self.move(proc, vrf, fields, owner=None if peer_uid == 0 else peer_uid)
+
+    def _exec_rule(self, uid, vrf):
+        try:
+            entry = nss.user_by_uid(uid)
+        except nss.NssError as e:
+            raise PlacementError(str(e)) from None
+        if entry is None:
+            raise PlacementError(f"uid {uid} has no passwd entry")
+        try:
+            # exec= belongs to the user's first rule, whatever services= it names.
+            rule = policy.decide(self.policy.rules(), entry.name, policy.ANY_SERVICE)
+        except (Unavailable, policy.Undecidable) as e:
+            raise PlacementError(f"policy unusable: {e}") from None
+        if rule is None or vrf not in rule.exec:
+            where = f" (rule {rule.where})" if rule else ""
+            raise PlacementError(f"{entry.name} may not enter VRF {vrf}: no exec={vrf} in vrf.conf{where}")
+        return rule
+
+    # -- the placement routine -------------------------------------------------
+
+    def move(self, proc, vrf, fields, owner=None, reattach=False):
+        """Put the pinned process `proc` into its cgroup for `vrf` (or 'default')
+        under the rule `fields`; returns the cgroup (hierarchy path).
+
+        owner: the non-root uid charged for cgroups created here (None: root).
+        reattach: also when already there, make sure the program is this rule's
+        (a login); `pam-vrf exec` into where one already is changes nothing,
+        so it cannot swap a login rule's program for its own.
+        """
+        try:
+            where = cgroup.vrf_cgroup(vrf, proc.pid, netns=self.netns)
+            path = self._directory(where)
+            here = cgroup.fs_path(cgroup.cgroup_of(proc.pid)) == path
+            if here and not reattach:
+                return where
+            ifindex = None
+            if vrf != policy.DEFAULT_VRF:       # the device first: no cgroup for a refusal
+                ifindex = self._resolve(vrf, fields["plain"])
+            if not os.path.isdir(path):
+                self._charge(owner, path)
+                cgroup.ensure(path)
+            if ifindex is not None:
+                self.attachments.attach(path, vrf, fields, ifindex)
+            if not here:
+                process.check(proc)
+                cgroup.move(proc.pid, path)
+                process.check(proc)
+        except (cgroup.CgroupError, process.ProcessError, Conflict, OSError) as e:
+            raise PlacementError(str(e)) from None
+        return where
+
+    def _directory(self, where):
+        """The directory of a hierarchy path, refused unless it is normalised."""
+        if not where.startswith("/") or os.path.normpath(where) != where.rstrip("/") or "\0" in where:
+            raise PlacementError(f"refusing un-normalised cgroup path {where!r}")
+        return cgroup.fs_path(where)
+
+    def _resolve(self, vrf, plain):
+        try:
+            return self.links.resolve(vrf, plain)
+        except DeviceError as e:
+            raise PlacementError(str(e)) from None
+
+    def _charge(self, owner, path):
+        if owner is None:
+            return
+        mine = {p for p in self._created.get(owner, ()) if os.path.isdir(p)}
+        if len(mine) >= MAX_CGROUPS_PER_UID:
+            raise PlacementError(f"uid {owner} already has {len(mine)} cgroups made by the helper "
+                                 f"(at most {MAX_CGROUPS_PER_UID})")
+        mine.add(path)
+        self._created[owner] = mine
+
+
+def _uid_of(user):
+    try:
+        entry = nss.user(user)
+    except nss.NssError:
+        return None
+    return entry.uid if entry else None

@@ -1,0 +1,66 @@
+"""The PAM entries' slow path: the helper is not running (or not usable).
+
+Nothing can be placed without it (only the helper holds CAP_BPF), so the
+only question is whether the session may proceed: it may, unplaced, unless
+the rule that applies is `strict` (or, when a name service fails, a strict
+rule could apply). Logged to syslog (authpriv) either way.
+
+The C module runs this as
+    /usr/bin/python3 -I -m pam_vrf.offline --user U --service S [--config F] [--debug] --reason WHY
+with a fixed environment (never the PAM caller's PATH); exit 0 lets the
+session proceed, 1 refuses it. The pam_python hook calls decide() in process.
+"""
+
+import sys
+
+from pam_vrf import policy
+from pam_vrf.log import Logger
+
+PROCEED, REFUSE = True, False
+
+
+def decide(user, service, config, reason, log):
+    """PROCEED or REFUSE for a session the helper could not handle. Never raises."""
+    who = f"user {user} (service {service or '-'})"
+    try:
+        try:
+            rules = policy.load(config)
+        except policy.ConfigError as e:
+            log.err(f"{reason}; {e}: {who} left unplaced")
+            return PROCEED
+        try:
+            rule = policy.decide(rules, user, service)
+        except policy.Undecidable as e:
+            if e.strict:
+                log.err(f"refusing session of {who}: {reason}, and {e} (a strict rule may apply)")
+                return REFUSE
+            log.err(f"{who} left unplaced: {reason}, and {e}")
+            return PROCEED
+        if rule is None or rule.target == policy.LEAVE_ALONE:
+            log.debug(f"{who} left alone ({rule.where if rule else 'no matching rule'}); {reason}")
+            return PROCEED
+        if rule.strict:
+            log.err(f"refusing session of {who}: {reason} (strict rule {rule.where}, VRF {rule.target})")
+            return REFUSE
+        log.err(f"{who} left unplaced: {reason} (rule {rule.where}, VRF {rule.target})")
+        return PROCEED
+    except Exception as e:          # a bug must not take the login down
+        log.err(f"internal error deciding for {who}: {type(e).__name__}: {e}; left unplaced")
+        return PROCEED
+
+
+def main(argv=None):
+    import argparse
+    p = argparse.ArgumentParser(prog="pam_vrf.offline")
+    p.add_argument("--user", required=True)
+    p.add_argument("--service", default="")
+    p.add_argument("--config", default=policy.DEFAULT_CONFIG)
+    p.add_argument("--reason", default="helper not reachable")
+    p.add_argument("--debug", action="store_true")
+    args = p.parse_args(argv)
+    log = Logger("pam_vrf", args.debug)
+    return 0 if decide(args.user, args.service or None, args.config, args.reason, log) == PROCEED else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

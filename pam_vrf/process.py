@@ -1,0 +1,100 @@
+"""Which process a request is about, pinned so that pid reuse cannot swap it.
+
+Every client sends, with its request, a pidfd of itself (SCM_RIGHTS); the
+kernel adds the sender's pid (SCM_CREDENTIALS: a process may only claim
+its own pid). A pidfd that is alive and names that pid is the sender and
+no other process: a pidfd opened before the send can only name the same
+pid if it is the sender's own (two live processes never share a pid, and a
+dead one never comes back). This holds on kernels without SO_PEERPIDFD
+(Debian 12's 6.1), unlike SO_PEERCRED's pid, which is the pid at connect()
+time and can belong to another process by the time the request arrives.
+
+What remains is the kernel's: cgroup.procs takes a pid, not a pidfd, so a
+target that dies between our last liveness check and the write could have
+its pid reused in that window (microseconds; see pam-vrf-helper(8)).
+"""
+
+import os
+import signal
+from collections import namedtuple
+
+PF_KTHREAD = 0x00200000
+
+
+class ProcessError(Exception):
+    pass
+
+
+# pid, its pidfd, real and effective uid
+Process = namedtuple("Process", ["pid", "pidfd", "ruid", "euid"])
+
+
+def pidfd_pid(fd):
+    """The pid a pidfd refers to; ProcessError if `fd` is not a pidfd."""
+    try:
+        with open(f"/proc/self/fdinfo/{fd}") as f:
+            for line in f:
+                if line.startswith("Pid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    raise ProcessError("the descriptor sent is not a pidfd")
+
+
+def alive(pidfd):
+    """True while the pidfd's process exists (a zombie counts: its pid is not free yet)."""
+    try:
+        signal.pidfd_send_signal(pidfd, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass            # exists; we may just not signal it
+    return True
+
+
+def _uids(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("Uid:"):
+                fields = line.split()
+                return int(fields[1]), int(fields[2])
+    raise ProcessError(f"no Uid line for pid {pid}")
+
+
+def is_kernel_thread(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        data = f.read()
+    fields = data[data.rindex(")") + 2:].split()     # comm may hold spaces and ')'
+    return bool(int(fields[6]) & PF_KTHREAD)
+
+
+def pin(pid, pidfd):
+    """The Process behind `pidfd`, which must be `pid` and alive."""
+    if pid <= 1:
+        raise ProcessError(f"pid {pid} is never placed")
+    if pidfd_pid(pidfd) != pid:
+        raise ProcessError(f"the pidfd sent is not the sender's (pid {pid})")
+    try:
+        ruid, euid = _uids(pid)
+        kernel = is_kernel_thread(pid)
+    except (OSError, ValueError, IndexError) as e:
+        raise ProcessError(f"cannot read pid {pid}: {e}") from None
+    # Read, then check it is still the same process: what we read was its.
+    check(Process(pid, pidfd, ruid, euid))
+    if kernel:
+        raise ProcessError(f"pid {pid} is a kernel thread")
+    return Process(pid, pidfd, ruid, euid)
+
+
+def check(process):
+    """Raise ProcessError unless the pinned process still exists."""
+    if not alive(process.pidfd):
+        raise ProcessError(f"process {process.pid} has exited")
+
+
+def own_pidfd():
+    """A pidfd of this process, to send with a request (None if the kernel has none)."""
+    try:
+        return os.pidfd_open(os.getpid())
+    except (OSError, AttributeError):
+        return None
