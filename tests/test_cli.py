@@ -25,6 +25,31 @@ def test_check_accepts_a_good_file_and_names_file_and_line_of_a_bad_one(vrf_conf
     assert proc.returncode == 1 and proc.stderr.startswith(f"{missing}:0: cannot read")
 
 
+def test_check_enforces_the_helpers_limits(vrf_conf):
+    """A rule the helper could never load must fail `check`, not the login."""
+    items = ",".join(f"inet:stream:{n}" for n in range(65))
+    bad = vrf_conf(f"* -\nalice mgmt deny={items} strict\n")
+    proc = pam_vrf_cli("check", "--config", bad)
+    assert proc.returncode == 1 and f"{bad}:2: bad deny= list: 65 items, at most 64" in proc.stderr, proc.stderr
+    ok = vrf_conf(f"alice mgmt deny={items.rsplit(',', 1)[0]} strict\n")
+    assert pam_vrf_cli("check", "--config", ok).returncode == 0
+
+
+def test_check_reports_pam_python_reachable_from_su(vrf_conf, tmp_path):
+    """The audit of the PAM stacks (details in test_pamstack.py)."""
+    (tmp_path / "common-session").write_text(
+        "session required pam_unix.so\n"
+        "session [success=ok session_err=bad default=ignore] pam_python.so /usr/lib/pam-vrf/pam_vrf.py\n")
+    (tmp_path / "su").write_text("session required pam_env.so\n@include common-session\n")
+    proc = pam_vrf_cli("check", "--config", vrf_conf("* -\n"), "--pam-dir", str(tmp_path))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"{tmp_path}/common-session:2: error: pam_python loads pam-vrf" in proc.stderr, proc.stderr
+    (tmp_path / "common-session").write_text(
+        "session required pam_unix.so\nsession [success=ok session_err=bad default=ignore] pam_vrf.so\n")
+    proc = pam_vrf_cli("check", "--config", vrf_conf("* -\n"), "--pam-dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_check_warns_about_targets_it_cannot_see_but_passes(vrf_conf):
     conf = vrf_conf("alice nosuchdev0\nbob lo\n")
     proc = pam_vrf_cli("check", "--config", conf)

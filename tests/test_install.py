@@ -12,12 +12,15 @@ EXPECTED = [
     "usr/local/sbin/pam-vrf-helper",
     "usr/local/lib/systemd/system/pam-vrf-helper.service",
     "usr/local/lib/systemd/system/pam-vrf-helper.socket",
+    "usr/local/lib/systemd/system/pam-vrf-helper-root.socket",
     "usr/local/lib/sysusers.d/pam-vrf.conf",
     "usr/local/lib/tmpfiles.d/pam-vrf.conf",
     "usr/share/pam-configs/pam-vrf",
     "usr/local/share/man/man5/vrf.conf.5",
     "usr/local/share/man/man8/pam-vrf.8",
     "usr/local/share/man/man8/pam-vrf-helper.8",
+    "usr/local/share/man/man8/pam_vrf.8",
+    "usr/lib/x86_64-linux-gnu/security/pam_vrf.so",
     "etc/security/vrf.conf",
 ]
 

@@ -482,3 +482,45 @@ def test_unknown_module_arguments_are_logged_and_ignored(lab):
     assert "successfully opened a session" in proc.stderr + proc.stdout
     line = lab.syslog.wait_for(["ignoring unknown module argument 'colour=blue'"], mark)
     assert line.startswith(f"<{10 * 8 + 4}>"), line        # authpriv.warning
+
+
+@pytest.mark.parametrize("answer", [b"not json", b'{"v":2,"ok":false,"error":"nope"}',
+                                    b'{"v":2,"ok":true,"verdict":"maybe"}', b'{"v":1,"ok":true}', b""])
+def test_hook_takes_the_slow_path_on_a_bad_answer(lab, answer):
+    """Whatever answers on root.sock, a protocol failure never lets a strict
+    rule's session through, and never fails a non-strict one."""
+    import socket as socketlib
+    import threading
+    member, restricted = lab.user(lab.group), lab.user(lab.strict_group)
+    where = tempfile.mkdtemp(prefix="pam-vrf-bad-")
+    os.chmod(where, 0o755)
+    server = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_SEQPACKET)
+    server.bind(os.path.join(where, "root.sock"))
+    server.listen(8)
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(4096)
+                conn.send(answer)
+    threading.Thread(target=serve, daemon=True).start()
+    service = f"pvt-bad{lab.tag}"
+    lab.pam_service(service, f"session [success=ok session_err=bad default=ignore] pam_python.so {HOOK} "
+                             f"config={lab.config} socket={where}/helper.sock")
+    policy_for_service = lab.policy().replace(f"services={lab.service},", f"services={service},{lab.service},")
+    lab.set_policy(policy_for_service)
+    try:
+        mark = lab.syslog.mark()
+        ok = sh(*lab.syslog.wrap(["pamtester", service, member.pw_name, "open_session"]), check=False)
+        assert ok.returncode == 0, ok.stderr
+        lab.syslog.wait_for([f"user {member.pw_name}", "left unplaced"], mark)
+        refused = sh(*lab.syslog.wrap(["pamtester", service, restricted.pw_name, "open_session"]), check=False)
+        assert refused.returncode != 0, refused.stdout
+        lab.syslog.wait_for([f"refusing session of user {restricted.pw_name}", "strict rule"], mark)
+    finally:
+        server.close()
+        shutil.rmtree(where, ignore_errors=True)

@@ -747,3 +747,54 @@ def test_exec_option_lists_vrfs_and_plain_may_describe_them():
 def test_a_leading_byte_order_mark_is_not_part_of_the_first_name():
     for data in ("\ufeffalice mgmt\n", "\ufeffalice mgmt\n".encode("utf-8")):
         assert policy.parse(data, "vrf.conf")[0].who == "alice"
+
+
+# -- name-service failures and the helper-less decision ------------------------
+
+class _Recorder:
+    """A Logger stand-in that keeps what would have gone to syslog."""
+
+    def __init__(self):
+        self.lines = []
+
+    def __getattr__(self, level):
+        return lambda message: self.lines.append((level, message))
+
+
+def _failing_nss(monkeypatch):
+    def fail(name):
+        raise nss.NssError(f"cannot look up group {name!r}: Input/output error")
+    monkeypatch.setattr(policy.nss, "group", fail)
+
+
+def test_nss_failure_makes_group_rules_undecidable(monkeypatch):
+    _failing_nss(monkeypatch)
+    rules = policy.parse("root -\n@ops mgmt\n@dev mgmt strict\n* default\n", "vrf.conf")
+    assert names(policy.decide(rules, "root", "sshd")) == ("root", "-", 1)   # decided before any group
+    with pytest.raises(policy.Undecidable) as e:
+        policy.decide(rules, "root2", "sshd")
+    assert e.value.rule.line == 2 and e.value.strict       # a later strict rule could apply
+    rules = policy.parse("@ops mgmt\n* default\n@dev mgmt strict services=login\n", "vrf.conf")
+    with pytest.raises(policy.Undecidable) as e:
+        policy.decide(rules, "root", "sshd")
+    assert not e.value.strict                               # the strict rule is for login only
+
+
+def test_offline_decision_refuses_only_where_a_strict_rule_applies(vrf_conf, monkeypatch):
+    from pam_vrf import offline
+    config = vrf_conf("root -\n@pvtnosuchgroup mgmt strict\npvtbob mgmt\n* default\n")
+    log = _Recorder()
+    why = "helper not running (no socket /x)"
+    assert offline.decide("root", "sshd", config, why, log) == offline.PROCEED
+    assert offline.decide("pvtbob", "sshd", config, why, log) == offline.PROCEED
+    assert ("err", f"user pvtbob (service sshd) left unplaced: {why} (rule {config}:3, VRF mgmt)") in log.lines
+    strict = vrf_conf("* mgmt strict\n")
+    assert offline.decide("pvtbob", "sshd", strict, why, log) == offline.REFUSE
+    assert any(level == "err" and "refusing session of user pvtbob" in m and "strict rule" in m
+               for level, m in log.lines)
+    broken = vrf_conf("* mgmt strict\n@oops\n")
+    assert offline.decide("pvtbob", "sshd", broken, why, log) == offline.PROCEED
+    assert any(f"{broken}:2:" in m for _, m in log.lines)
+    _failing_nss(monkeypatch)
+    assert offline.decide("pvtbob", "sshd", config, why, log) == offline.REFUSE
+    assert any("cannot decide rule" in m and "Input/output error" in m for _, m in log.lines)

@@ -128,14 +128,14 @@ class Demo:
         print(textwrap.indent(open(self.helper_log.name).read().rstrip(), "    "))
 
     def sshd(self):
-        step(f"sshd on 127.0.0.1:{PORT} with PAM service {SERVICE} (the installed hook after pam_permit)")
+        step(f"sshd on 127.0.0.1:{PORT} with PAM service {SERVICE} (the installed pam_vrf.so after pam_permit)")
         with open(PAM_FILE, "w") as f:
             f.write(textwrap.dedent(f"""\
                 # pam-vrf demo (removed when the demo ends)
                 auth     required  pam_permit.so
                 account  required  pam_permit.so
                 session  required  pam_permit.so
-                session  [success=ok session_err=bad default=ignore]  pam_python.so /usr/lib/pam-vrf/pam_vrf.py config={self.config} socket={self.socket}
+                session  [success=ok session_err=bad default=ignore]  pam_vrf.so config={self.config} socket={self.socket}
             """))
         print(textwrap.indent(open(PAM_FILE).read().rstrip(), "    "))
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
