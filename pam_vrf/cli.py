@@ -56,7 +56,12 @@ def cmd_which(args):
     who = policy.account(args.user)
     if not who.gids:
         _err(f"warning: no user '{args.user}' in the passwd database; only name and '*' rules can match")
-    rule = policy.decide(rules, who, args.service)
+    try:
+        rule = policy.decide(rules, who, args.service)
+    except policy.Undecidable as e:
+        _err(f"{e}" + ("; a strict rule may apply: the login would be refused" if e.strict else
+                       "; the login would proceed unplaced"))
+        return 1
     if rule is None:
         print(f"{policy.LEAVE_ALONE}\t(no matching rule)")
     else:

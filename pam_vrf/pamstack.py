@@ -31,6 +31,7 @@ from collections import namedtuple
 PAM_DIR = "/etc/pam.d"
 VENDOR_PAM_DIR = "/usr/lib/pam.d"
 PAM_TYPES = ("auth", "account", "password", "session")
+MANAGER_SERVICE = "systemd-user"
 
 # Services that setuid-root PAM clients run on Debian 12, with the PAM types they call
 # (found with `find / -perm -4000`, the bookworm packages, and the pam_* calls each binary
@@ -259,7 +260,9 @@ def audit(pam_dir=PAM_DIR):
                       if e.module == "pam_systemd.so"]
         for i, e in enumerate(session):
             entry = pam_vrf_entry(e.module, e.args)
-            if entry and position(session, i) == "before pam_systemd":
+            # systemd-user starts the user's manager (user@UID.service): the helper
+            # leaves that session alone, so where the line sits there does not matter.
+            if entry and position(session, i) == "before pam_systemd" and service != MANAGER_SERVICE:
                 hit = early.setdefault((e.file, e.line), (entry, set(), set()))
                 hit[1].add(service)
                 hit[2].update(systemd_at)

@@ -293,3 +293,27 @@ def test_real_host_pam_d():
     assert not [f for f in found if f.path in debian
                 and ("pam-vrf" in f.what or "runs before pam_systemd" in f.what)]
     assert {e.entry for e in pamstack.entries() if f"/etc/pam.d/{e.service}" in debian} == {"none"}
+
+
+SYSTEMD_USER = """@include common-account
+session  required pam_selinux.so close
+session  required pam_selinux.so nottys open
+session  required pam_loginuid.so
+session  required pam_limits.so
+@include common-session-noninteractive
+session  optional pam_keyinit.so force revoke
+session  optional pam_systemd.so
+"""
+
+
+def test_shipped_profile_in_both_common_files_is_fine_systemd_user_included(pam):
+    """pam-auth-update puts the profile's line at the end of common-session and
+    common-session-noninteractive. systemd-user (the user's manager) includes the
+    latter before its pam_systemd: the helper leaves that session alone, so no finding."""
+    (pam / "systemd-user").write_text(SYSTEMD_USER)
+    profile = open(os.path.join(os.path.dirname(__file__), "..", "pam.d", "pam-auth-update.pam-vrf")).read()
+    line = profile.split("Session:", 1)[1].strip().replace("\t", " ")
+    assert f"session {line}" == VRF_SO
+    insert(pam, "common-session", f"session {line}")
+    insert(pam, "common-session-noninteractive", f"session {line}")
+    assert pamstack.audit(str(pam)) == []

@@ -24,6 +24,7 @@ from pam_vrf.helper.policy_cache import Unavailable
 # (each is a directory and a program attachment the helper keeps track of).
 MAX_CGROUPS_PER_UID = 32
 BIND_ONLY = {"deny": [], "mark": None, "priority": None, "plain": False}
+MANAGER_SERVICE = "systemd-user"        # the PAM service of user@UID.service
 
 
 class PlacementError(Exception):
@@ -45,6 +46,12 @@ class Placement:
     def open_session(self, proc, user, service):
         """Decide and place a login's PAM caller; returns the reply (a verdict)."""
         who = f"user {user} (service {service or '-'})"
+        if service == MANAGER_SERVICE:
+            # The session that starts `systemd --user`: its cgroup is the tree systemd
+            # delegates to the user, so it is not moved; what the manager starts is
+            # bound to the VRF when a login of the user is placed (_bind_manager).
+            self.log.debug(f"{who} left alone: the user's systemd manager is bound at login")
+            return verdict("alone")
         try:
             rules = self.policy.rules()
         except Unavailable as e:
