@@ -1,5 +1,6 @@
 # pam-vrf — install, test, demo. Run as root (sudo make ...).
 #
+#   make             build the C PAM module pam_module/pam_vrf.so
 #   make install     everything a host needs (see README "Install")
 #   make uninstall   remove it again (keeps an edited /etc/security/vrf.conf)
 #   make test        install test dependencies, run the whole suite (host + VM)
@@ -19,13 +20,23 @@ PAMCONFIGDIR ?= /usr/share/pam-configs
 MANDIR      ?= /usr/local/share/man
 DOCDIR      ?= /usr/local/share/doc/pam-vrf
 VRFCONF     ?= /etc/security/vrf.conf
+# The multiarch directory libpam loads modules from.
+PAMDIR      ?= /usr/lib/$(shell dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || gcc -print-multiarch)/security
+# Hardened, warning-free build; only the pam_sm_* entry points are exported.
+# The module runs the offline decider with this interpreter (absolute: PATH
+# is the caller's under su/sudo).
+PAM_CFLAGS  = -shared -fPIC -O2 -Wall -Wextra -Werror -fvisibility=hidden \
+              -fstack-protector-strong -D_FORTIFY_SOURCE=2 -DPAM_VRF_PYTHON='"$(PYTHON)"'
+PAM_LDFLAGS = -Wl,-z,relro,-z,now
 
 .PHONY: all install uninstall test test-host test-vm deps demo bench clean
 
-all:
-	@echo "nothing to build; try: sudo make install | sudo make test | sudo make demo"
+all: pam_module/pam_vrf.so
 
-install:
+pam_module/pam_vrf.so: pam_module/pam_vrf.c
+	$(CC) $(PAM_CFLAGS) $(CFLAGS) -o $@ $< $(PAM_LDFLAGS) $(LDFLAGS) -lpam
+
+install: all
 	rm -rf $(DESTDIR)$(PYLIBDIR)/pam_vrf
 	mkdir -p $(DESTDIR)$(PYLIBDIR)
 	cp -r pam_vrf $(DESTDIR)$(PYLIBDIR)/pam_vrf
@@ -33,19 +44,21 @@ install:
 	chmod -R u=rwX,go=rX $(DESTDIR)$(PYLIBDIR)/pam_vrf
 	$(PYTHON) -m compileall -q $(DESTDIR)$(PYLIBDIR)/pam_vrf
 	install -D -m 0644 pam.d/pam_vrf.py $(DESTDIR)$(LIBEXECDIR)/pam_vrf.py
+	install -D -m 0644 pam_module/pam_vrf.so $(DESTDIR)$(PAMDIR)/pam_vrf.so
 	install -d -m 0755 $(DESTDIR)$(SBINDIR)
 	printf '#!%s\nimport sys\nfrom pam_vrf.cli import main\nsys.exit(main())\n' $(PYTHON) > $(DESTDIR)$(SBINDIR)/pam-vrf
 	printf '#!%s\nimport sys\nfrom pam_vrf.helper.main import main\nsys.exit(main())\n' $(PYTHON) > $(DESTDIR)$(SBINDIR)/pam-vrf-helper
 	chmod 0755 $(DESTDIR)$(SBINDIR)/pam-vrf $(DESTDIR)$(SBINDIR)/pam-vrf-helper
 	install -d -m 0755 $(DESTDIR)$(UNITDIR)
 	sed -e 's|@SBINDIR@|$(SBINDIR)|g' -e 's|@DOCDIR@|$(DOCDIR)|g' helper/pam-vrf-helper.service > $(DESTDIR)$(UNITDIR)/pam-vrf-helper.service
-	install -m 0644 helper/pam-vrf-helper.socket $(DESTDIR)$(UNITDIR)/pam-vrf-helper.socket
+	install -m 0644 helper/pam-vrf-helper.socket helper/pam-vrf-helper-root.socket $(DESTDIR)$(UNITDIR)/
 	install -D -m 0644 helper/sysusers-pam-vrf.conf $(DESTDIR)$(SYSUSERSDIR)/pam-vrf.conf
 	install -D -m 0644 helper/tmpfiles-pam-vrf.conf $(DESTDIR)$(TMPFILESDIR)/pam-vrf.conf
 	install -D -m 0644 pam.d/pam-auth-update.pam-vrf $(DESTDIR)$(PAMCONFIGDIR)/pam-vrf
 	install -D -m 0644 doc/vrf.conf.5 $(DESTDIR)$(MANDIR)/man5/vrf.conf.5
 	install -D -m 0644 doc/pam-vrf.8 $(DESTDIR)$(MANDIR)/man8/pam-vrf.8
 	install -D -m 0644 doc/pam-vrf-helper.8 $(DESTDIR)$(MANDIR)/man8/pam-vrf-helper.8
+	install -D -m 0644 doc/pam_vrf.8 $(DESTDIR)$(MANDIR)/man8/pam_vrf.8
 	install -D -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
 	install -D -m 0644 pam.d/vrf.conf.sample $(DESTDIR)$(DOCDIR)/vrf.conf.sample
 	# Never overwrite an operator's policy.
@@ -57,13 +70,14 @@ install:
 	if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 
 uninstall:
-	-if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl disable --now pam-vrf-helper.socket pam-vrf-helper.service; fi
+	-if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl disable --now pam-vrf-helper.socket pam-vrf-helper-root.socket pam-vrf-helper.service; fi
 	rm -rf $(DESTDIR)$(PYLIBDIR)/pam_vrf $(DESTDIR)$(LIBEXECDIR)
+	rm -f $(DESTDIR)$(PAMDIR)/pam_vrf.so
 	rm -f $(DESTDIR)$(SBINDIR)/pam-vrf $(DESTDIR)$(SBINDIR)/pam-vrf-helper
-	rm -f $(DESTDIR)$(UNITDIR)/pam-vrf-helper.service $(DESTDIR)$(UNITDIR)/pam-vrf-helper.socket
+	rm -f $(DESTDIR)$(UNITDIR)/pam-vrf-helper.service $(DESTDIR)$(UNITDIR)/pam-vrf-helper.socket $(DESTDIR)$(UNITDIR)/pam-vrf-helper-root.socket
 	rm -f $(DESTDIR)$(SYSUSERSDIR)/pam-vrf.conf $(DESTDIR)$(TMPFILESDIR)/pam-vrf.conf
 	rm -f $(DESTDIR)$(PAMCONFIGDIR)/pam-vrf
-	rm -f $(DESTDIR)$(MANDIR)/man5/vrf.conf.5 $(DESTDIR)$(MANDIR)/man8/pam-vrf.8 $(DESTDIR)$(MANDIR)/man8/pam-vrf-helper.8
+	rm -f $(DESTDIR)$(MANDIR)/man5/vrf.conf.5 $(DESTDIR)$(MANDIR)/man8/pam-vrf.8 $(DESTDIR)$(MANDIR)/man8/pam-vrf-helper.8 $(DESTDIR)$(MANDIR)/man8/pam_vrf.8
 	# The policy goes only if it is still the untouched sample.
 	if cmp -s pam.d/vrf.conf.sample $(DESTDIR)$(VRFCONF); then rm -f $(DESTDIR)$(VRFCONF); fi
 	rm -rf $(DESTDIR)$(DOCDIR)
@@ -89,3 +103,30 @@ bench: deps
 
 clean:
 	find . -name __pycache__ -prune -exec rm -rf {} +
+	rm -f pam_module/pam_vrf.so
+
+# Debian package (debian/): exactly one dist/pam-vrf_VERSION_ARCH.deb, built
+# by dpkg-buildpackage in a temporary copy of the tree (tracked and new,
+# non-ignored files), so no build product lands in the checkout.
+DEB_BUILD_DEPS = dpkg-dev debhelper dh-python python3 libpam0g-dev gcc make fakeroot lintian
+
+.PHONY: deb deb-deps
+deb-deps:
+	@missing=""; for p in $(DEB_BUILD_DEPS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "deb-deps: installing:$$missing"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; fi
+
+deb: deb-deps
+	set -e; tmp=$$(mktemp -d /tmp/pam-vrf-deb.XXXXXX); trap 'rm -rf "$$tmp"' EXIT INT TERM; \
+	mkdir "$$tmp/src"; \
+	if git -C "$(CURDIR)" rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
+	  git -C "$(CURDIR)" ls-files -z --cached --others --exclude-standard \
+	    | tar -C "$(CURDIR)" --null --ignore-failed-read --no-recursion -T - -cf - | tar -C "$$tmp/src" -xf -; \
+	else tar -C "$(CURDIR)" --exclude=./dist --exclude=./.git --exclude=__pycache__ -cf - . | tar -C "$$tmp/src" -xf -; fi; \
+	version=$$(dpkg-parsechangelog -l "$$tmp/src/debian/changelog" -S Version); \
+	arch=$$(dpkg-architecture -qDEB_HOST_ARCH); deb="pam-vrf_$${version}_$${arch}.deb"; \
+	(cd "$$tmp/src" && dpkg-buildpackage -b -us -uc); \
+	mkdir -p "$(CURDIR)/dist"; rm -f "$(CURDIR)"/dist/pam-vrf_*.deb; \
+	cp "$$tmp/$$deb" "$(CURDIR)/dist/$$deb"; echo "deb: dist/$$deb"

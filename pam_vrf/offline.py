@@ -6,7 +6,7 @@ the rule that applies is `strict` (or, when a name service fails, a strict
 rule could apply). Logged to syslog (authpriv) either way.
 
 The C module runs this as
-    /usr/bin/python3 -I -m pam_vrf.offline --user U --service S [--config F] [--debug] --reason WHY
+    /usr/bin/python3 -I -m pam_vrf.offline [--service S] [--config F] [--debug] --reason WHY -- USER
 with a fixed environment (never the PAM caller's PATH); exit 0 lets the
 session proceed, 1 refuses it. The pam_python hook calls decide() in process.
 """
@@ -52,7 +52,7 @@ def decide(user, service, config, reason, log):
 def main(argv=None):
     import argparse
     p = argparse.ArgumentParser(prog="pam_vrf.offline")
-    p.add_argument("--user", required=True)
+    p.add_argument("user", help="after --: a user name may start with '-'")
     p.add_argument("--service", default="")
     p.add_argument("--config", default=policy.DEFAULT_CONFIG)
     p.add_argument("--reason", default="helper not reachable")

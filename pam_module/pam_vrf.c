@@ -1,0 +1,573 @@
+/*
+ * pam_vrf.so - session hook of pam-vrf: asks pam-vrf-helper to place the
+ * PAM caller into its VRF (see pam_vrf/protocol.py for the wire protocol).
+ *
+ *   session [success=ok session_err=bad default=ignore] pam_vrf.so [config=PATH] [socket=PATH] [debug]
+ *
+ * A thin client with no policy of its own: one request on the helper's
+ * root-only socket (with a pidfd of the caller, the process to move), one
+ * reply. When the helper is absent or its answer unusable, the module does
+ * not guess: it runs the offline decider (python3 -I -m pam_vrf.offline),
+ * which refuses the session only under a strict rule. Anything broken on
+ * that path returns PAM_IGNORE, so a bad install never locks anyone out.
+ *
+ * No global mutable state (callers may be multi-threaded); fixed buffers on
+ * the stack, so there is nothing to free.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <syslog.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+
+#include <security/pam_modules.h>
+#include <security/pam_ext.h>
+
+#ifndef PAM_VRF_PYTHON
+#define PAM_VRF_PYTHON "/usr/bin/python3"
+#endif
+#define DEFAULT_SOCKET  "/run/pam-vrf/helper.sock"
+#define ROOT_SOCKET     "root.sock"
+#define LOGIN_TIMEOUT   30      /* s: a busy or stopped helper is waited for */
+#define DECIDER_TIMEOUT 10      /* s: then the offline decider is killed */
+#define MAX_MESSAGE     4096    /* bytes, either direction (protocol.MAX_MESSAGE) */
+#define MAX_USER        256
+#define IFNAMSIZ_MAX    15
+
+#define PUBLIC __attribute__((visibility("default")))
+
+struct options { const char *config, *socket; int debug; };
+
+/* The fields of a reply we use; strings point into the reply buffer. */
+struct reply { int ok; long version; const char *verdict, *vrf, *rule, *error; };
+
+/* Length of the valid UTF-8 sequence at s (1..4), 0 if invalid. */
+static size_t utf8_seq(const unsigned char *s, size_t n)
+{
+    unsigned int c;
+    size_t len, i;
+
+    if (s[0] < 0x80) return 1;
+    if (s[0] >= 0xc2 && s[0] <= 0xdf) { len = 2; c = s[0] & 0x1f; }
+    else if (s[0] >= 0xe0 && s[0] <= 0xef) { len = 3; c = s[0] & 0x0f; }
+    else if (s[0] >= 0xf0 && s[0] <= 0xf4) { len = 4; c = s[0] & 0x07; }
+    else return 0;
+    if (n < len) return 0;
+    for (i = 1; i < len; i++) {
+        if ((s[i] & 0xc0) != 0x80) return 0;
+        c = (c << 6) | (s[i] & 0x3f);
+    }
+    /* overlong forms, UTF-16 surrogates, beyond U+10FFFF */
+    if ((len == 3 && c < 0x800) || (len == 4 && (c < 0x10000 || c > 0x10ffff))
+        || (c >= 0xd800 && c <= 0xdfff)) return 0;
+    return len;
+}
+
+static int utf8_valid(const char *s, size_t n)
+{
+    size_t i = 0, k;
+
+    while (i < n) {
+        if ((k = utf8_seq((const unsigned char *)s + i, n - i)) == 0) return 0;
+        i += k;
+    }
+    return 1;
+}
+
+/* A copy of s fit for a log line: control bytes and invalid UTF-8 become '?',
+ * truncated at a character boundary. */
+static const char *printable(char *dst, size_t size, const char *s)
+{
+    size_t n = s ? strlen(s) : 0, i = 0, o = 0, k;
+    const unsigned char *u = (const unsigned char *)s;
+
+    while (i < n) {
+        k = u[i] < 0x20 || u[i] == 0x7f ? 0 : utf8_seq(u + i, n - i);
+        if (o + (k ? k : 1) >= size) break;
+        if (k) { memcpy(dst + o, s + i, k); o += k; i += k; }
+        else { dst[o++] = '?'; i++; }
+    }
+    dst[o] = '\0';
+    return dst;
+}
+
+/* Append `,"key":"s"` to buf, s escaped as JSON; -1 if it does not fit or is
+ * not UTF-8. */
+static int json_field(char *buf, size_t size, size_t *len, const char *key, const char *s)
+{
+    size_t n = strlen(s), i;
+    int w;
+
+    if (!utf8_valid(s, n)) return -1;
+    w = snprintf(buf + *len, size - *len, ",\"%s\":\"", key);
+    if (w < 0 || (size_t)w + 2 > size - *len) return -1;   /* + the closing quote and NUL */
+    *len += (size_t)w;
+    for (i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (size - *len < 8) return -1;     /* room for \u00XX, the quote and NUL */
+        if (c == '"' || c == '\\') { buf[(*len)++] = '\\'; buf[(*len)++] = (char)c; }
+        else if (c < 0x20 || c == 0x7f) *len += (size_t)snprintf(buf + *len, 7, "\\u%04x", c);
+        else buf[(*len)++] = (char)c;
+    }
+    buf[(*len)++] = '"';
+    buf[*len] = '\0';
+    return 0;
+}
+
+/* {"v":2,"op":"open","user":U[,"service":S][,"tty":T][,"rhost":H]}: no pid,
+ * the helper moves the sender (see send_request). */
+static int encode_request(char *buf, size_t size, const char *user, const char *service,
+                          const char *tty, const char *rhost)
+{
+    static const char head[] = "{\"v\":2,\"op\":\"open\"";
+    size_t len = sizeof(head) - 1;
+
+    if (strlen(user) > MAX_USER || size < sizeof(head)) return -1;
+    memcpy(buf, head, sizeof(head));
+    if (json_field(buf, size, &len, "user", user) < 0
+        || (service && json_field(buf, size, &len, "service", service) < 0)
+        || (tty && json_field(buf, size, &len, "tty", tty) < 0)
+        || (rhost && json_field(buf, size, &len, "rhost", rhost) < 0) || len + 2 > size) return -1;
+    buf[len++] = '}';
+    buf[len] = '\0';
+    return 0;
+}
+
+/* --- a strict parser for one flat JSON object --------------------------------
+ * Values: strings, integers, true, false, null; anything nested is an error.
+ * Strings are decoded in place: an escape is never shorter than what it
+ * stands for, so the text is written over itself and NUL-terminated. */
+
+struct cursor { char *p, *end; };
+
+/* Skip whitespace; is the next byte ch? */
+static int peek(struct cursor *c, char ch)
+{
+    while (c->p < c->end && *c->p && strchr(" \t\n\r", *c->p)) c->p++;
+    return c->p < c->end && *c->p == ch;
+}
+
+static int hex4(const char *p, const char *end, unsigned int *v)
+{
+    static const char hex[] = "0123456789abcdef0123456789ABCDEF";
+    const char *d;
+    int i;
+
+    for (*v = 0, i = 0; i < 4; i++) {
+        if (p + i >= end || !p[i] || !(d = strchr(hex, p[i]))) return -1;
+        *v = *v << 4 | (unsigned int)((d - hex) & 15);
+    }
+    return 0;
+}
+
+/* The string at c->p (its opening quote), or NULL. */
+static char *parse_string(struct cursor *c)
+{
+    static const char escapes[] = "\"\\/bfnrt", decoded[] = "\"\\/\b\f\n\r\t";
+    char *out = c->p + 1, *start = out, *p = c->p + 1;
+    const char *e;
+    unsigned int u, lo;
+
+    for (; p < c->end && *p != '"'; ) {
+        if ((unsigned char)*p < 0x20) return NULL;
+        if (*p != '\\') { *out++ = *p++; continue; }      /* UTF-8: checked before */
+        if (++p >= c->end || !*p) return NULL;
+        if ((e = strchr(escapes, *p))) { *out++ = decoded[e - escapes]; p++; continue; }
+        if (*p++ != 'u' || hex4(p, c->end, &u) < 0) return NULL;
+        p += 4;
+        if (u >= 0xdc00 && u <= 0xdfff) return NULL;          /* a lone low surrogate */
+        if (u >= 0xd800 && u <= 0xdbff) {                       /* needs its low half */
+            if (c->end - p < 6 || p[0] != '\\' || p[1] != 'u' || hex4(p + 2, c->end, &lo) < 0
+                || lo < 0xdc00 || lo > 0xdfff) return NULL;
+            p += 6;
+            u = 0x10000 + ((u - 0xd800) << 10) + (lo - 0xdc00);
+        }
+        if (u == 0) return NULL;                                /* would cut the C string */
+        if (u < 0x80) *out++ = (char)u;
+        else if (u < 0x800) { *out++ = (char)(0xc0 | u >> 6); *out++ = (char)(0x80 | (u & 0x3f)); }
+        else {
+            int shift = u < 0x10000 ? 12 : 18;
+            *out++ = (char)((u < 0x10000 ? 0xe0 : 0xf0) | u >> shift);
+            for (shift -= 6; shift >= 0; shift -= 6) *out++ = (char)(0x80 | ((u >> shift) & 0x3f));
+        }
+    }
+    if (p >= c->end) return NULL;
+    *out = '\0';                        /* at most over the closing quote */
+    c->p = p + 1;
+    return start;
+}
+
+/* One value: 'S' (*str set), 'I' or 'B' (*num set), 'N' (null); -1 if malformed. */
+static int parse_value(struct cursor *c, char **str, long *num)
+{
+    char *digits;
+
+    if (peek(c, '"')) return (*str = parse_string(c)) ? 'S' : -1;
+    if (c->end - c->p >= 4 && !memcmp(c->p, "true", 4)) { c->p += 4; *num = 1; return 'B'; }
+    if (c->end - c->p >= 5 && !memcmp(c->p, "false", 5)) { c->p += 5; *num = 0; return 'B'; }
+    if (c->end - c->p >= 4 && !memcmp(c->p, "null", 4)) { c->p += 4; return 'N'; }
+    digits = c->p + (c->p < c->end && *c->p == '-');            /* -?(0|[1-9][0-9]*) */
+    if (digits >= c->end || *digits < '0' || *digits > '9'
+        || (*digits == '0' && digits + 1 < c->end && digits[1] >= '0' && digits[1] <= '9')) return -1;
+    *num = strtol(c->p, &c->p, 10);     /* the buffer is NUL-terminated at end */
+    return 'I';
+}
+
+static int parse_reply(char *buf, size_t len, struct reply *r)
+{
+    static const char *const keys[] = { "v", "ok", "verdict", "vrf", "rule", "error" };
+    const char **strings[] = { NULL, NULL, &r->verdict, &r->vrf, &r->rule, &r->error };
+    struct cursor c = { buf, buf + len };
+    unsigned int seen = 0;
+    char *key, *str = NULL;
+    long num = 0;
+    int kind, k;
+
+    memset(r, 0, sizeof(*r));
+    r->version = -1;
+    if (!utf8_valid(buf, len) || !peek(&c, '{')) return -1;
+    c.p++;
+    if (peek(&c, '}')) c.p++;
+    else for (;;) {
+        if (!peek(&c, '"') || !(key = parse_string(&c)) || !peek(&c, ':')) return -1;
+        c.p++;
+        if ((kind = parse_value(&c, &str, &num)) < 0) return -1;
+        for (k = 0; k < 6 && strcmp(key, keys[k]); k++)
+            ;
+        if (k < 6 && (seen & 1u << k)) return -1;              /* twice: which one counts? */
+        if (k < 6) seen |= 1u << k;
+        if (k == 0 && kind == 'I') r->version = num;
+        else if (k == 1 && kind != 'B') return -1;
+        else if (k == 1) r->ok = (int)num;
+        else if (k >= 2 && k < 6 && kind == 'S') *strings[k] = str;
+        else if (k >= 2 && k < 6 && kind != 'N') return -1;
+        if (peek(&c, ',')) { c.p++; continue; }
+        if (!peek(&c, '}')) return -1;                           /* '[', '{', 1.5...: here */
+        c.p++;
+        break;
+    }
+    peek(&c, '\0');
+    return c.p == c.end ? 0 : -1;
+}
+
+/* --- talking to the helper --- */
+
+static struct timespec deadline_in(int seconds)
+{
+    struct timespec t;
+
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    t.tv_sec += seconds;
+    return t;
+}
+
+static long us_left(const struct timespec *deadline)
+{
+    struct timespec now;
+
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (deadline->tv_sec - now.tv_sec) * 1000000L + (deadline->tv_nsec - now.tv_nsec) / 1000;
+}
+
+/* Both socket timeouts set to what is left until the deadline: re-armed
+ * before every call, so an EINTR retry never restarts the whole wait. */
+static int arm_timeouts(int fd, const struct timespec *deadline)
+{
+    long left = us_left(deadline);
+    struct timeval tv = { left / 1000000L, left % 1000000L };
+
+    if (left <= 0) return -1;
+    if (setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0
+        || setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0) return -1;
+    return 0;
+}
+
+static void describe_error(char *why, size_t size, int err, const char *path)
+{
+    char text[128];
+
+    if (err == EAGAIN || err == EWOULDBLOCK || err == EINPROGRESS || err == ETIMEDOUT)
+        snprintf(why, size, "helper did not answer within %d s", LOGIN_TIMEOUT);
+    else if (err == ENOENT)
+        snprintf(why, size, "helper not running (no socket %s)", path);
+    else if (err == ECONNREFUSED)
+        snprintf(why, size, "helper not running (nothing listens on %s)", path);
+    else
+        snprintf(why, size, "helper connection failed (%s): %s", path, strerror_r(err, text, sizeof(text)));
+}
+
+/* The request goes with a pidfd of this process (SCM_RIGHTS): the helper
+ * pins the process it moves by it, so a reused pid is never moved instead. */
+static ssize_t send_request(int fd, const char *request)
+{
+    union { struct cmsghdr align; char buf[CMSG_SPACE(sizeof(int))]; } control;
+    struct iovec iov = { (void *)request, strlen(request) };
+    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+    int pidfd = (int)syscall(SYS_pidfd_open, getpid(), 0), saved;
+    ssize_t n;
+
+    if (pidfd >= 0) {           /* without one the helper refuses: the slow path */
+        struct cmsghdr *c;
+        memset(&control, 0, sizeof(control));
+        msg.msg_control = control.buf;
+        msg.msg_controllen = sizeof(control.buf);
+        c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &pidfd, sizeof(int));
+    }
+    n = sendmsg(fd, &msg, MSG_NOSIGNAL);
+    saved = errno;
+    if (pidfd >= 0) close(pidfd);
+    errno = saved;
+    return n;
+}
+
+/* One request, one reply. Returns the reply length, or -1 with why set. */
+static ssize_t ask_helper(const char *socket_path, const char *request, char *reply, size_t size,
+                          char *why, size_t why_size)
+{
+    struct sockaddr_un addr = { .sun_family = AF_UNIX };
+    const char *slash = strrchr(socket_path, '/');
+    struct timespec deadline = deadline_in(LOGIN_TIMEOUT);
+    ssize_t n = -1;
+    int fd, rc;
+
+    /* root.sock lives beside socket= (protocol.root_socket): "/a/b" -> "/a/root.sock" */
+    if (!slash) rc = snprintf(addr.sun_path, sizeof(addr.sun_path), "./" ROOT_SOCKET);
+    else rc = snprintf(addr.sun_path, sizeof(addr.sun_path), "%.*s/" ROOT_SOCKET,
+                       (int)(slash - socket_path), socket_path);
+    if (rc < 0 || (size_t)rc >= sizeof(addr.sun_path)) {
+        snprintf(why, why_size, "socket path too long: %s", socket_path);
+        return -1;
+    }
+    if ((fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0)) < 0) {
+        describe_error(why, why_size, errno, addr.sun_path);
+        return -1;
+    }
+    do rc = arm_timeouts(fd, &deadline) < 0 ? (errno = ETIMEDOUT, -1)
+            : connect(fd, (struct sockaddr *)&addr, sizeof(addr));
+    while (rc < 0 && errno == EINTR);
+    if (rc == 0) {
+        do n = arm_timeouts(fd, &deadline) < 0 ? (errno = ETIMEDOUT, -1) : send_request(fd, request);
+        while (n < 0 && errno == EINTR);
+    }
+    /* EPIPE: the helper may have answered (busy) and closed first; read why. */
+    if (rc == 0 && (n >= 0 || errno == EPIPE || errno == ECONNRESET)) {
+        do n = arm_timeouts(fd, &deadline) < 0 ? (errno = ETIMEDOUT, -1) : recv(fd, reply, size, 0);
+        while (n < 0 && errno == EINTR);
+        if (n == 0) snprintf(why, why_size, "helper closed the connection without an answer");
+        else if ((size_t)n >= size)    /* size is MAX_MESSAGE + 1: a larger reply is refused */
+            snprintf(why, why_size, "bad reply from helper: larger than %d bytes", MAX_MESSAGE);
+        else if (n > 0) reply[n] = '\0';
+    }
+    if (n < 0) describe_error(why, why_size, errno, addr.sun_path);
+    close(fd);
+    return n > 0 && (size_t)n < size ? n : -1;
+}
+
+/* --- the offline decider, when the helper cannot be used --- */
+
+/* The child: nothing of the caller's (fds, cwd, signal mask and handlers,
+ * the invoking user's real ids under su/sudo, environment) reaches the
+ * decider. Async-signal-safe calls only: the caller may be threaded. */
+__attribute__((noreturn)) static void exec_decider(const char *const *argv)
+{
+    static char *const envp[] = { "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C.UTF-8", NULL };
+    int null = open("/dev/null", O_RDWR), i;
+    sigset_t none;
+
+    if (null < 0 || chdir("/") < 0 || dup2(null, 0) < 0 || dup2(null, 1) < 0 || dup2(null, 2) < 0)
+        _exit(126);
+    if (close_range(3, ~0U, 0) < 0)
+        for (i = 3; i < 65536; i++) close(i);
+    for (i = 1; i < NSIG; i++) signal(i, SIG_DFL);
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    /* all ids 0, so the invoking user cannot signal it */
+    if (geteuid() == 0 && (setresgid(0, 0, 0) < 0 || setgroups(0, NULL) < 0 || setresuid(0, 0, 0) < 0))
+        _exit(126);
+    execve(PAM_VRF_PYTHON, (char *const *)argv, envp);
+    _exit(127);
+}
+
+/* Exit status 0 or 1 of the decider; -1 (logged) for anything else. Polls:
+ * the decider gets DECIDER_TIMEOUT seconds, then it is killed and reaped. */
+static int wait_decider(pam_handle_t *pamh, pid_t pid)
+{
+    struct timespec deadline = deadline_in(DECIDER_TIMEOUT), tick = { 0, 10 * 1000 * 1000 };
+    int status = 0;
+    pid_t got;
+
+    while ((got = waitpid(pid, &status, WNOHANG)) != pid) {
+        if (got < 0 && errno != EINTR) {
+            pam_syslog(pamh, LOG_ERR, "cannot wait for the offline decider: %m");
+            return -1;
+        }
+        if (us_left(&deadline) <= 0) {
+            kill(pid, SIGKILL);
+            while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+                ;
+            pam_syslog(pamh, LOG_ERR, "offline decider %s -m pam_vrf.offline did not finish within %d s: killed",
+                       PAM_VRF_PYTHON, DECIDER_TIMEOUT);
+            return -1;
+        }
+        nanosleep(&tick, NULL);
+    }
+    if (WIFEXITED(status) && WEXITSTATUS(status) <= 1) return WEXITSTATUS(status);
+    if (WIFEXITED(status))
+        pam_syslog(pamh, LOG_ERR, "offline decider %s -m pam_vrf.offline failed (exit status %d%s)",
+                   PAM_VRF_PYTHON, WEXITSTATUS(status), WEXITSTATUS(status) == 127 ? ": cannot execute it" : "");
+    else
+        pam_syslog(pamh, LOG_ERR, "offline decider %s -m pam_vrf.offline killed by signal %d",
+                   PAM_VRF_PYTHON, WTERMSIG(status));
+    return -1;
+}
+
+static int run_decider(pam_handle_t *pamh, const char *user, const char *service,
+                       const struct options *o, const char *reason)
+{
+    const char *argv[16];
+    struct sigaction dfl = { .sa_handler = SIG_DFL }, old;
+    int argc = 0, rc;
+    pid_t pid;
+
+    argv[argc++] = "python3"; argv[argc++] = "-I"; argv[argc++] = "-m"; argv[argc++] = "pam_vrf.offline";
+    if (service) { argv[argc++] = "--service"; argv[argc++] = service; }
+    if (o->config) { argv[argc++] = "--config"; argv[argc++] = o->config; }
+    if (o->debug) argv[argc++] = "--debug";
+    argv[argc++] = "--reason"; argv[argc++] = reason;
+    /* Last, after "--": a user name may start with '-'. */
+    argv[argc++] = "--"; argv[argc++] = user;
+    argv[argc] = NULL;
+
+    /* The caller's SIGCHLD handler must not reap our child (pam_unix does the same). */
+    sigemptyset(&dfl.sa_mask);
+    if (sigaction(SIGCHLD, &dfl, &old) < 0) {
+        pam_syslog(pamh, LOG_ERR, "cannot reset SIGCHLD: %m");
+        return -1;
+    }
+    if ((pid = fork()) == 0) exec_decider(argv);
+    if (pid < 0) pam_syslog(pamh, LOG_ERR, "cannot fork the offline decider: %m");
+    rc = pid < 0 ? -1 : wait_decider(pamh, pid);
+    sigaction(SIGCHLD, &old, NULL);
+    return rc;
+}
+
+static int slow_path(pam_handle_t *pamh, const char *user, const char *service,
+                     const struct options *o, const char *who, const char *reason)
+{
+    char safe_reason[512];
+    int rc;
+
+    /* The reason becomes an argument and a log line of the decider. */
+    printable(safe_reason, sizeof(safe_reason), reason);
+    if (o->debug) pam_syslog(pamh, LOG_DEBUG, "%s: %s; asking the offline decider", who, safe_reason);
+    rc = run_decider(pamh, user, service, o, safe_reason);
+    if (rc == 0) return PAM_SUCCESS;
+    if (rc == 1) return PAM_SESSION_ERR;   /* a strict rule: the decider logged it */
+    pam_syslog(pamh, LOG_ERR, "%s: session left unplaced (%s; offline decider unusable)", who, safe_reason);
+    return PAM_IGNORE;
+}
+
+/* A name the kernel could accept for a device: what PAM_VRF may carry. */
+static int ifname_ok(const char *s)
+{
+    size_t n = strlen(s), i;
+
+    if (n == 0 || n > IFNAMSIZ_MAX || !strcmp(s, ".") || !strcmp(s, "..")) return 0;
+    for (i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c <= 0x20 || c == 0x7f || c == '/' || c == ':' || (c >= '\t' && c <= '\r')) return 0;
+    }
+    return 1;
+}
+
+PUBLIC int pam_sm_open_session(pam_handle_t *pamh, int flags, int argc, const char **argv)
+{
+    struct options o = { NULL, DEFAULT_SOCKET, 0 };
+    const void *item;
+    const char *user, *service = NULL, *tty = NULL, *rhost = NULL, *verdict;
+    char request[MAX_MESSAGE + 1], reply_buf[MAX_MESSAGE + 2], why[600], who[600];
+    char u_safe[MAX_USER + 8], s_safe[128], a_safe[256], v_safe[64], r_safe[256], e_safe[512];
+    struct reply r;
+    ssize_t n;
+    int i;
+
+    (void)flags;
+    for (i = 0; i < argc; i++) {
+        if (!strncmp(argv[i], "config=", 7) && argv[i][7]) o.config = argv[i] + 7;
+        else if (!strncmp(argv[i], "socket=", 7) && argv[i][7]) o.socket = argv[i] + 7;
+        else if (!strcmp(argv[i], "debug")) o.debug = 1;
+        else pam_syslog(pamh, LOG_WARNING, "ignoring unknown module argument '%s'",
+                        printable(a_safe, sizeof(a_safe), argv[i]));
+    }
+    if (pam_get_item(pamh, PAM_USER, &item) != PAM_SUCCESS || !item || !*(const char *)item) {
+        pam_syslog(pamh, LOG_ERR, "no user name: nothing to place");
+        return PAM_USER_UNKNOWN;
+    }
+    user = item;
+    if (pam_get_item(pamh, PAM_SERVICE, &item) == PAM_SUCCESS && item && *(const char *)item) service = item;
+    if (pam_get_item(pamh, PAM_TTY, &item) == PAM_SUCCESS && item && *(const char *)item) tty = item;
+    if (pam_get_item(pamh, PAM_RHOST, &item) == PAM_SUCCESS && item && *(const char *)item) rhost = item;
+    snprintf(who, sizeof(who), "user %s (service %s)", printable(u_safe, sizeof(u_safe), user),
+             printable(s_safe, sizeof(s_safe), service ? service : "-"));
+
+    if (encode_request(request, sizeof(request), user, service, tty, rhost) < 0)
+        return slow_path(pamh, user, service, &o, who,
+                         "cannot encode the request (not UTF-8, or a user name over 256 bytes)");
+    n = ask_helper(o.socket, request, reply_buf, MAX_MESSAGE + 1, why, sizeof(why));
+    if (n < 0) return slow_path(pamh, user, service, &o, who, why);
+    if (parse_reply(reply_buf, (size_t)n, &r) < 0)
+        return slow_path(pamh, user, service, &o, who, "bad reply from helper: not a flat JSON object");
+    if (r.version != 2)
+        return slow_path(pamh, user, service, &o, who, "bad reply from helper: protocol version is not 2");
+    printable(e_safe, sizeof(e_safe), r.error ? r.error : "no reason given");
+    if (!r.ok) {
+        snprintf(why, sizeof(why), "helper failed: %s", e_safe);
+        return slow_path(pamh, user, service, &o, who, why);
+    }
+    verdict = r.verdict ? r.verdict : "(none)";
+    printable(v_safe, sizeof(v_safe), r.vrf ? r.vrf : "-");
+    printable(r_safe, sizeof(r_safe), r.rule ? r.rule : "no rule");
+    if (!strcmp(verdict, "placed") || !strcmp(verdict, "kept")) {
+        char env[sizeof("PAM_VRF=") + IFNAMSIZ_MAX];
+        /* what the session's programs may read; never anything odd */
+        if (r.vrf && *r.vrf && !ifname_ok(r.vrf))
+            pam_syslog(pamh, LOG_WARNING, "%s: helper named an odd VRF '%s': PAM_VRF not set", who, v_safe);
+        else if (r.vrf && *r.vrf && (snprintf(env, sizeof(env), "PAM_VRF=%s", r.vrf) < 0
+                                     || pam_putenv(pamh, env) != PAM_SUCCESS))
+            pam_syslog(pamh, LOG_ERR, "%s: cannot set PAM_VRF", who);
+        if (o.debug) pam_syslog(pamh, LOG_DEBUG, "%s %s in VRF %s (%s)", who, verdict, v_safe, r_safe);
+        return PAM_SUCCESS;
+    }
+    if (!strcmp(verdict, "alone") || !strcmp(verdict, "unplaced")) {   /* the helper logged why */
+        if (o.debug)
+            pam_syslog(pamh, LOG_DEBUG, "%s left %s (%s%s%s)", who, verdict[0] == 'a' ? "alone" : "unplaced",
+                       r_safe, r.error ? ": " : "", r.error ? e_safe : "");
+        return PAM_SUCCESS;
+    }
+    if (!strcmp(verdict, "refused")) {
+        pam_syslog(pamh, LOG_ERR, "session refused: %s (%s)", e_safe, who);
+        return PAM_SESSION_ERR;
+    }
+    snprintf(why, sizeof(why), "bad reply from helper: verdict '%s'", printable(a_safe, sizeof(a_safe), verdict));
+    return slow_path(pamh, user, service, &o, who, why);
+}
+
+PUBLIC int pam_sm_close_session(pam_handle_t *pamh, int flags, int argc, const char **argv)
+{
+    (void)pamh; (void)flags; (void)argc; (void)argv;
+    return PAM_SUCCESS;   /* the VRF cgroup goes with the session's processes */
+}
