@@ -183,6 +183,9 @@ class Lab:
             self.sshd.wait()
         for path in self.pam_files:
             os.unlink(path)
+        # pamtester runs in the test's own cgroup: its placements land in
+        # <that cgroup>/<netns>-ns/vrf/..., outside the sandbox.
+        remove_cgroup_tree(os.path.join(cgroup.fs_path(cgroup.base_of(cgroup.cgroup_of())), f"{self.ns}-ns"))
         for g in self.groups:
             sh("groupdel", g, check=False)
         shutil.rmtree(self.dir, ignore_errors=True)
