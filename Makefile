@@ -11,7 +11,11 @@ PYTHON      ?= /usr/bin/python3
 DESTDIR     ?=
 # Where the system interpreter (the one pam_python embeds) looks for packages.
 PYLIBDIR    ?= $(shell $(PYTHON) -c 'import site; print(site.getsitepackages()[0])')
-SBINDIR     ?= /usr/local/sbin
+PREFIX      ?= /usr/local
+# pam-vrf is a user command (operators run `pam-vrf exec`/`identify` in their
+# sessions); the helper is a daemon.
+BINDIR      ?= $(PREFIX)/bin
+SBINDIR     ?= $(PREFIX)/sbin
 LIBEXECDIR  ?= /usr/lib/pam-vrf
 UNITDIR     ?= /usr/local/lib/systemd/system
 SYSUSERSDIR ?= /usr/local/lib/sysusers.d
@@ -28,6 +32,9 @@ PAMDIR      ?= /usr/lib/$(shell dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/nu
 PAM_CFLAGS  = -shared -fPIC -O2 -Wall -Wextra -Werror -fvisibility=hidden \
               -fstack-protector-strong -D_FORTIFY_SOURCE=2 -DPAM_VRF_PYTHON='"$(PYTHON)"'
 PAM_LDFLAGS = -Wl,-z,relro,-z,now
+# Installed paths in the unit and the man pages.
+PATHS_SED   = -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@SBINDIR@|$(SBINDIR)|g' -e 's|@DOCDIR@|$(DOCDIR)|g' \
+              -e 's|@UNITDIR@|$(UNITDIR)|g' -e 's|@SYSUSERSDIR@|$(SYSUSERSDIR)|g' -e 's|@TMPFILESDIR@|$(TMPFILESDIR)|g'
 
 .PHONY: all install uninstall test test-host test-vm deps demo bench clean
 
@@ -45,20 +52,20 @@ install: all
 	$(PYTHON) -m compileall -q $(DESTDIR)$(PYLIBDIR)/pam_vrf
 	install -D -m 0644 pam.d/pam_vrf.py $(DESTDIR)$(LIBEXECDIR)/pam_vrf.py
 	install -D -m 0644 pam_module/pam_vrf.so $(DESTDIR)$(PAMDIR)/pam_vrf.so
-	install -d -m 0755 $(DESTDIR)$(SBINDIR)
-	printf '#!%s\nimport sys\nfrom pam_vrf.cli import main\nsys.exit(main())\n' $(PYTHON) > $(DESTDIR)$(SBINDIR)/pam-vrf
+	install -d -m 0755 $(DESTDIR)$(BINDIR) $(DESTDIR)$(SBINDIR)
+	printf '#!%s\nimport sys\nfrom pam_vrf.cli import main\nsys.exit(main())\n' $(PYTHON) > $(DESTDIR)$(BINDIR)/pam-vrf
 	printf '#!%s\nimport sys\nfrom pam_vrf.helper.main import main\nsys.exit(main())\n' $(PYTHON) > $(DESTDIR)$(SBINDIR)/pam-vrf-helper
-	chmod 0755 $(DESTDIR)$(SBINDIR)/pam-vrf $(DESTDIR)$(SBINDIR)/pam-vrf-helper
+	chmod 0755 $(DESTDIR)$(BINDIR)/pam-vrf $(DESTDIR)$(SBINDIR)/pam-vrf-helper
 	install -d -m 0755 $(DESTDIR)$(UNITDIR)
-	sed -e 's|@SBINDIR@|$(SBINDIR)|g' -e 's|@DOCDIR@|$(DOCDIR)|g' helper/pam-vrf-helper.service > $(DESTDIR)$(UNITDIR)/pam-vrf-helper.service
+	sed $(PATHS_SED) helper/pam-vrf-helper.service > $(DESTDIR)$(UNITDIR)/pam-vrf-helper.service
 	install -m 0644 helper/pam-vrf-helper.socket helper/pam-vrf-helper-root.socket $(DESTDIR)$(UNITDIR)/
 	install -D -m 0644 helper/sysusers-pam-vrf.conf $(DESTDIR)$(SYSUSERSDIR)/pam-vrf.conf
 	install -D -m 0644 helper/tmpfiles-pam-vrf.conf $(DESTDIR)$(TMPFILESDIR)/pam-vrf.conf
 	install -D -m 0644 pam.d/pam-auth-update.pam-vrf $(DESTDIR)$(PAMCONFIGDIR)/pam-vrf
-	install -D -m 0644 doc/vrf.conf.5 $(DESTDIR)$(MANDIR)/man5/vrf.conf.5
-	install -D -m 0644 doc/pam-vrf.8 $(DESTDIR)$(MANDIR)/man8/pam-vrf.8
-	install -D -m 0644 doc/pam-vrf-helper.8 $(DESTDIR)$(MANDIR)/man8/pam-vrf-helper.8
-	install -D -m 0644 doc/pam_vrf.8 $(DESTDIR)$(MANDIR)/man8/pam_vrf.8
+	install -d -m 0755 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8
+	for page in vrf.conf.5 pam-vrf.8 pam-vrf-helper.8 pam_vrf.8; do \
+	  sed $(PATHS_SED) doc/$$page > $(DESTDIR)$(MANDIR)/man$${page##*.}/$$page; \
+	  chmod 0644 $(DESTDIR)$(MANDIR)/man$${page##*.}/$$page; done
 	install -D -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
 	install -D -m 0644 pam.d/vrf.conf.sample $(DESTDIR)$(DOCDIR)/vrf.conf.sample
 	# Never overwrite an operator's policy.
@@ -73,7 +80,7 @@ uninstall:
 	-if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl disable --now pam-vrf-helper.socket pam-vrf-helper-root.socket pam-vrf-helper.service; fi
 	rm -rf $(DESTDIR)$(PYLIBDIR)/pam_vrf $(DESTDIR)$(LIBEXECDIR)
 	rm -f $(DESTDIR)$(PAMDIR)/pam_vrf.so
-	rm -f $(DESTDIR)$(SBINDIR)/pam-vrf $(DESTDIR)$(SBINDIR)/pam-vrf-helper
+	rm -f $(DESTDIR)$(BINDIR)/pam-vrf $(DESTDIR)$(SBINDIR)/pam-vrf-helper
 	rm -f $(DESTDIR)$(UNITDIR)/pam-vrf-helper.service $(DESTDIR)$(UNITDIR)/pam-vrf-helper.socket $(DESTDIR)$(UNITDIR)/pam-vrf-helper-root.socket
 	rm -f $(DESTDIR)$(SYSUSERSDIR)/pam-vrf.conf $(DESTDIR)$(TMPFILESDIR)/pam-vrf.conf
 	rm -f $(DESTDIR)$(PAMCONFIGDIR)/pam-vrf

@@ -1,10 +1,11 @@
 """pam-vrf: login-time VRF placement for Linux.
 
 Layers (imports point down only):
-    entry points   pam_python hook, pam_exec entry, `pam-vrf` CLI, `pam-vrf-helper`
-    session logic  decide -> ask the helper to attach -> move -> log
-    library        policy, cgroup, netdev, sockspec, programs, bpf.*
-The login path is stdlib-only; pyroute2 is for the helper alone.
+    entry points   pam_python hook (session), offline decider, `pam-vrf` CLI, `pam-vrf-helper`
+    helper         the one authority: policy cache -> decide -> place (helper.placement)
+    library        policy, nss, cgroup, process, netdev, sockspec, programs, bpf.*, pamstack
+The pam_python hook is stdlib-only and imports no policy engine; pyroute2 is
+for the helper alone. The C module pam_vrf.so (pam_module/) speaks protocol.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -8,7 +8,7 @@ from conftest import PY, REPO, sh
 
 EXPECTED = [
     "usr/lib/pam-vrf/pam_vrf.py",
-    "usr/local/sbin/pam-vrf",
+    "usr/local/bin/pam-vrf",
     "usr/local/sbin/pam-vrf-helper",
     "usr/local/lib/systemd/system/pam-vrf-helper.service",
     "usr/local/lib/systemd/system/pam-vrf-helper.socket",
@@ -36,16 +36,19 @@ def test_install_lays_out_everything_and_uninstall_removes_it(tmp_path):
         assert os.path.isfile(os.path.join(root, path)), path
     assert os.path.isfile(f"{root}/pylib/pam_vrf/session.py")
     assert os.path.isdir(f"{root}/pylib/pam_vrf/__pycache__")
-    for command in ("pam-vrf", "pam-vrf-helper"):
-        assert os.access(f"{root}/usr/local/sbin/{command}", os.X_OK)
-        assert open(f"{root}/usr/local/sbin/{command}").readline() == f"#!{PY}\n"
+    for command in ("bin/pam-vrf", "sbin/pam-vrf-helper"):
+        assert os.access(f"{root}/usr/local/{command}", os.X_OK)
+        assert open(f"{root}/usr/local/{command}").readline() == f"#!{PY}\n"
+    for page in ("man5/vrf.conf.5", "man8/pam-vrf.8", "man8/pam-vrf-helper.8", "man8/pam_vrf.8"):
+        text = open(f"{root}/usr/local/share/man/{page}").read()
+        assert "@" + "SBINDIR@" not in text and "@" + "BINDIR@" not in text and "@" + "UNITDIR@" not in text, page
     unit = open(f"{root}/usr/local/lib/systemd/system/pam-vrf-helper.service").read()
     assert "ExecStart=/usr/local/sbin/pam-vrf-helper " in unit and "@SBINDIR@" not in unit and "@DOCDIR@" not in unit
     assert "User=pam-vrf" in unit and "AmbientCapabilities=CAP_BPF CAP_NET_ADMIN CAP_DAC_OVERRIDE" in unit
 
     # The installed commands run from the staged package (the shebang's interpreter).
     env = dict(os.environ, PYTHONPATH=f"{root}/pylib")
-    proc = subprocess.run([f"{root}/usr/local/sbin/pam-vrf", "check", "--config", f"{root}/etc/security/vrf.conf"],
+    proc = subprocess.run([f"{root}/usr/local/bin/pam-vrf", "check", "--config", f"{root}/etc/security/vrf.conf"],
                           capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr          # the sample policy is valid (and places nobody)
 

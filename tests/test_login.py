@@ -24,7 +24,7 @@ from pam_vrf import cgroup, programs
 from pam_vrf.bpf import cgroup_link
 
 HOOK = "/usr/lib/pam-vrf/pam_vrf.py"
-PAM_VRF = "/usr/local/sbin/pam-vrf"
+PAM_VRF = "/usr/local/bin/pam-vrf"
 PORT = 2222
 
 PROBE = textwrap.dedent("""

@@ -108,7 +108,7 @@ class Demo:
             f.write(f"# demo policy\n@pvdemo-netops  {self.target}  {self.plain}\n*  -\n")
         os.chmod(self.config, 0o644)
         print(textwrap.indent(open(self.config).read().rstrip(), "    "))
-        run("/usr/local/sbin/pam-vrf", "check", "--config", self.config)
+        run("/usr/local/bin/pam-vrf", "check", "--config", self.config)
 
     def helper(self):
         step(f"Helper: pam-vrf-helper as {HELPER_USER} with ambient CAP_BPF,CAP_NET_ADMIN,CAP_DAC_OVERRIDE")
@@ -188,7 +188,7 @@ class Demo:
                             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
                             "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", f"{USER}@127.0.0.1", command))
         step("pam-vrf status (from the host namespace side)")
-        run(*in_host("/usr/local/sbin/pam-vrf", "status"))
+        run(*in_host("/usr/local/bin/pam-vrf", "status"))
         ok = f"bound to: {self.target}" in proc.stdout and "hello from the management network" in proc.stdout
         step("Result: " + ("the login landed in the VRF" if ok else "NOT placed - see above"))
         return ok
