@@ -90,9 +90,9 @@ uninstall:
 	rm -rf $(DESTDIR)$(DOCDIR)
 	-if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 
-# Test and demo dependencies (Debian packages), installed only when missing.
+# Dependencies (Debian packages), installed only when missing: each job its own set.
 deps:
-	sh tools/install-deps
+	sh tools/install-deps test
 
 test: deps test-host test-vm
 
@@ -102,7 +102,8 @@ test-host:
 test-vm:
 	vagrant/ci/test-vm
 
-demo: deps
+demo:
+	sh tools/install-deps demo
 	$(PYTHON) tools/demo.py
 
 bench: deps
@@ -115,15 +116,9 @@ clean:
 # Debian package (debian/): exactly one dist/pam-vrf_VERSION_ARCH.deb, built
 # by dpkg-buildpackage in a temporary copy of the tree (tracked and new,
 # non-ignored files), so no build product lands in the checkout.
-DEB_BUILD_DEPS = dpkg-dev debhelper dh-python python3 libpam0g-dev gcc make fakeroot lintian
-
 .PHONY: deb deb-deps
 deb-deps:
-	@missing=""; for p in $(DEB_BUILD_DEPS); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then echo "deb-deps: installing:$$missing"; \
-	  DEBIAN_FRONTEND=noninteractive apt-get update -q && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; fi
+	sh tools/install-deps deb
 
 deb: deb-deps
 	set -e; tmp=$$(mktemp -d /tmp/pam-vrf-deb.XXXXXX); trap 'rm -rf "$$tmp"' EXIT INT TERM; \

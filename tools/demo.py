@@ -5,7 +5,7 @@ removed again afterwards. Run as root: `sudo make demo`.
 Sandbox:
     netns pvdemo-host   a VRF `mgmt` (or, on kernels without the VRF
                         driver, a veth used as a `plain` target), sshd on
-                        127.0.0.1:2222 using the installed pam-vrf hook,
+                        127.0.0.1:2222 with the installed pam_vrf.so in its stack,
                         pam-vrf-helper as an unprivileged user
     netns pvdemo-mgmt   the "management network" behind the target,
                         answering on 192.0.2.2:7000
