@@ -129,6 +129,17 @@ def vrf_cgroup(vrf, pid="self", netns=None):
     return f"{base}/{VRF_DIR}/{name}"
 
 
+def with_level(cgroup, name):
+    """A VRF cgroup path with one more level above its VRF (and netns) level:
+    .../[NS-ns/]vrf/NAME -> .../<name>/[NS-ns/]vrf/NAME, so that `ip vrf
+    identify` and `ip vrf pids` (which look for NS-ns/vrf) still see NAME."""
+    cut = cgroup.rindex(f"/{VRF_DIR}/")
+    above = cgroup.rfind("/", 0, cut)
+    if above >= 0 and cgroup[above + 1:cut].endswith("-ns"):
+        cut = above
+    return f"{cgroup[:cut]}/{name}{cgroup[cut:]}"
+
+
 def fs_path(cgroup, mount=None, create=False):
     """Where a hierarchy path is in this mount namespace's cgroup2 mount
     (with create, mounting one first if there is none: see mount_point()).

@@ -1,13 +1,16 @@
 """Which process a request is about, pinned so that pid reuse cannot swap it.
 
 Every client sends, with its request, a pidfd of itself (SCM_RIGHTS); the
-kernel adds the sender's pid (SCM_CREDENTIALS: a process may only claim
-its own pid). A pidfd that is alive and names that pid is the sender and
-no other process: a pidfd opened before the send can only name the same
-pid if it is the sender's own (two live processes never share a pid, and a
-dead one never comes back). This holds on kernels without SO_PEERPIDFD
-(Debian 12's 6.1), unlike SO_PEERCRED's pid, which is the pid at connect()
-time and can belong to another process by the time the request arrives.
+kernel adds the sender's pid (SCM_CREDENTIALS), which a process may only
+claim for itself (or, with CAP_SYS_ADMIN over its pid namespace, for a
+process of that namespace: a user who made one with `unshare --user --pid`
+can name its own processes there, nothing else). A pidfd that is alive and
+names that pid is that process and no other: a pidfd opened before the send
+can only name the same pid if it is the same process (two live processes
+never share a pid, and a dead one never comes back). This holds on kernels
+without SO_PEERPIDFD (Debian 12's 6.1), unlike SO_PEERCRED's pid, which is
+the pid at connect() time and can belong to another process by the time the
+request arrives. The helper then checks whose process it is (placement).
 
 What remains is the kernel's: cgroup.procs takes a pid, not a pidfd, so a
 target that dies between our last liveness check and the write could have

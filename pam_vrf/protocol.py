@@ -12,8 +12,9 @@ Requests ({"v": 2, "op": ...}):
 
   open   root.sock only. {"user": NAME, "service": PAM_SERVICE,
          "tty": TTY?, "rhost": HOST?}. The helper decides from vrf.conf and
-         places the CALLER (the connecting process, identified by
-         SO_PEERCRED and pinned by a pidfd: the PAM caller itself).
+         places the CALLER: the process that sends the request, named by
+         the kernel (SCM_CREDENTIALS) and pinned by the pidfd of itself it
+         sends along (SCM_RIGHTS; see pam_vrf.process): the PAM caller.
          Reply: {"ok": true, "verdict": V, "vrf": NAME?, "rule": "FILE:LINE"?,
                  "cgroup": PATH?, "error": WHY?}
            placed    moved into vrf (a VRF name, or "default")

@@ -527,3 +527,29 @@ def test_hook_takes_the_slow_path_on_a_bad_answer(lab, answer):
     finally:
         server.close()
         shutil.rmtree(where, ignore_errors=True)
+
+
+def test_logins_under_different_rules_for_one_vrf_each_keep_their_rule(lab):
+    """Without logind, sessions of one VRF share <sshd cgroup>/vrf/NAME. A login
+    under another rule (here deny=inet6) gets a cgroup level of its own: it is
+    neither left unplaced nor does it change the rule of the session already there."""
+    member, restricted = lab.user(lab.group), lab.user(lab.strict_group)
+    session = subprocess.Popen(lab.ssh_argv(member, f"{PY} {lab.dir}/probe.py --wait"),
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        first = json.loads(session.stdout.readline())
+        assert first["tcp6"] == lab.target and first["cgroup"].endswith(f"/{lab.ns}-ns/vrf/{lab.target}")
+        second = lab.probe(restricted)
+        assert second["identify"] == second["tcp4"] == lab.target and second["tcp6"] == "errno:1", second
+        assert "/pam-vrf-rule-" in second["cgroup"] and second["cgroup"].endswith(
+            f"/{lab.ns}-ns/vrf/{lab.target}"), second
+        # `pids` walks the tree as `ip vrf pids` does (which refuses a plain device).
+        pids = sh("nsenter", f"--net=/run/netns/{lab.ns}", PAM_VRF, "pids", lab.target).stdout
+        assert "python3" in pids, pids
+        session.stdin.write("again\n")
+        session.stdin.flush()
+        again = json.loads(session.stdout.readline())
+        assert again["tcp6"] == lab.target, again           # the first session's rule is untouched
+    finally:
+        session.stdin.close()
+        session.wait(timeout=30)

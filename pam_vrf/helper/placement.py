@@ -11,6 +11,7 @@ The process is always the requester itself, pinned by its pidfd (see
 pam_vrf.process); nothing here takes a pid from a message.
 """
 
+import hashlib
 import os
 
 from pam_vrf import cgroup, nss, policy, process, protocol
@@ -178,11 +179,18 @@ class Placement:
             ifindex = None
             if vrf != policy.DEFAULT_VRF:       # the device first: no cgroup for a refusal
                 ifindex = self._resolve(vrf, fields["plain"])
-            if not os.path.isdir(path):
-                self._charge(owner, path)
-                cgroup.ensure(path)
-            if ifindex is not None:
-                self.attachments.attach(path, vrf, fields, ifindex)
+            try:
+                self._prepare(path, vrf, fields, ifindex, owner)
+            except Conflict:
+                if not reattach:
+                    raise
+                # Without logind, logins of one VRF share <daemon cgroup>/vrf/NAME;
+                # one under another rule gets a level of its own rather than
+                # going unplaced (or replacing the rule of those already there).
+                where = cgroup.with_level(where, _rule_level(fields))
+                path = self._directory(where)
+                here = cgroup.fs_path(cgroup.cgroup_of(proc.pid)) == path
+                self._prepare(path, vrf, fields, ifindex, owner)
             if not here:
                 process.check(proc)
                 cgroup.move(proc.pid, path)
@@ -190,6 +198,15 @@ class Placement:
         except (cgroup.CgroupError, process.ProcessError, Conflict, OSError) as e:
             raise PlacementError(str(e)) from None
         return where
+
+    def _prepare(self, path, vrf, fields, ifindex, owner):
+        """The cgroup exists and carries the rule's program (Conflict if it holds
+        processes placed under another rule)."""
+        if not os.path.isdir(path):
+            self._charge(owner, path)
+            cgroup.ensure(path)
+        if ifindex is not None:
+            self.attachments.attach(path, vrf, fields, ifindex)
 
     def _directory(self, where):
         """The directory of a hierarchy path, refused unless it is normalised."""
@@ -212,6 +229,12 @@ class Placement:
                                  f"(at most {MAX_CGROUPS_PER_UID})")
         mine.add(path)
         self._created[owner] = mine
+
+
+def _rule_level(fields):
+    """A cgroup name that stands for one rule (deny/mark/priority): same rule, same name."""
+    text = repr(sorted((k, v) for k, v in fields.items()))
+    return "pam-vrf-rule-" + hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def _uid_of(user):

@@ -161,6 +161,7 @@ class Server:
             return
         uid = peer_uid(conn)
         if root and uid != 0:       # mode 0600 should make this impossible
+            self.log.warning(f"refused a connection of uid {uid} on root.sock: root.sock is for root only")
             self._send(conn, protocol.reply(False, error="root.sock is for root only"))
             _close(conn)
             return
