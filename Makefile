@@ -68,6 +68,7 @@ install: all
 	  chmod 0644 $(DESTDIR)$(MANDIR)/man$${page##*.}/$$page; done
 	install -D -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
 	install -D -m 0644 pam.d/vrf.conf.sample $(DESTDIR)$(DOCDIR)/vrf.conf.sample
+	install -D -m 0644 profile.d/pam-vrf.sh $(DESTDIR)$(DOCDIR)/examples/profile.d-pam-vrf.sh
 	# Never overwrite an operator's policy.
 	if [ ! -e $(DESTDIR)$(VRFCONF) ]; then install -D -m 0644 pam.d/vrf.conf.sample $(DESTDIR)$(VRFCONF); fi
 	# The helper's user, where there is no systemd-sysusers to make it.

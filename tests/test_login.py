@@ -553,3 +553,17 @@ def test_logins_under_different_rules_for_one_vrf_each_keep_their_rule(lab):
     finally:
         session.stdin.close()
         session.wait(timeout=30)
+
+
+def test_the_session_knows_its_vrf(lab):
+    """PAM_VRF in the session's environment, and the optional profile.d
+    snippet turning it into a prompt prefix."""
+    member, stranger = lab.user(lab.group), lab.user()
+    snippet = os.path.join(REPO, "profile.d", "pam-vrf.sh")
+    shutil.copy(snippet, f"{lab.dir}/prompt.sh")
+    os.chmod(f"{lab.dir}/prompt.sh", 0o644)
+    command = f'echo "vrf=$PAM_VRF"; PS1="\\$ "; . {lab.dir}/prompt.sh; echo "prompt=$PS1"'
+    out = lab.ssh(member, command).stdout.splitlines()
+    assert f"vrf={lab.target}" in out and f"prompt=(vrf:{lab.target})$ " in out, out
+    out = lab.ssh(stranger, command).stdout.splitlines()
+    assert "vrf=" in out and "prompt=$ " in out, out
