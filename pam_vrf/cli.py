@@ -215,6 +215,12 @@ def cmd_exec(args):
         return 127
 
 
+def cmd_doctor(args):
+    """Check that placement works end to end on this host (pam_vrf.doctor)."""
+    from pam_vrf import doctor
+    return doctor.main(args)
+
+
 def parser():
     p = argparse.ArgumentParser(prog="pam-vrf", description="Login-time VRF placement: policy and state.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -249,6 +255,18 @@ def parser():
     c = sub.add_parser("status", help="VRF cgroups, their programs and member processes")
     c.add_argument("--max-pids", type=int, default=20)
     c.set_defaults(func=cmd_status)
+
+    c = sub.add_parser("doctor", help="check that placement works end to end on this host (run as root)")
+    c.add_argument("--config", default=policy.DEFAULT_CONFIG, metavar="FILE",
+                   help="the policy (default %(default)s)")
+    c.add_argument("--socket", default=protocol.DEFAULT_SOCKET, metavar="PATH",
+                   help="the helper's public socket; root.sock beside it (default %(default)s)")
+    c.add_argument("--pam-dir", default="/etc/pam.d", metavar="DIR",
+                   help="PAM configuration to audit (default %(default)s)")
+    c.add_argument("--resolv-conf", default="/etc/resolv.conf", metavar="FILE",
+                   help="nameservers to test from each VRF (default %(default)s)")
+    c.add_argument("--json", action="store_true", help="print the findings as a JSON list")
+    c.set_defaults(func=cmd_doctor)
     return p
 
 
