@@ -33,6 +33,9 @@ LEAVE_ALONE = "-"
 _DEC, _HEX = frozenset("0123456789"), frozenset("0123456789abcdefABCDEF")
 _U32_MAX = 0xFFFFFFFF
 _FLAGS = ("strict", "plain")
+# The longest user, group or service name the helper accepts in a request
+# (helper.requests.MAX_NAME): a longer one in a rule could never match.
+MAX_NAME = 256
 _VALUED = ("services", "deny", "mark", "priority", "exec")
 
 
@@ -166,6 +169,8 @@ def _parse_line(raw, filename, number):
         services = frozenset(s for s in seen["services"].split(","))
         if "" in services:
             fail("empty name in services= list")
+        if any(len(name) > MAX_NAME for name in services):
+            fail(f"service name longer than {MAX_NAME} characters in services= list")
     deny = ()
     if "deny" in seen:
         try:
@@ -202,6 +207,8 @@ def _check_who(who, fail):
         fail("'@' needs a group name")
     if name.startswith("@") or "*" in name or ":" in name or "," in name:
         fail(f"bad user or group '{who}': expected USER, @GROUP or *")
+    if len(name) > MAX_NAME:
+        fail(f"user or group name longer than {MAX_NAME} characters")
 
 
 def _u32(seen, key, fail):

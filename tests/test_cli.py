@@ -33,6 +33,11 @@ def test_check_enforces_the_helpers_limits(vrf_conf):
     assert proc.returncode == 1 and f"{bad}:2: bad deny= list: 65 items, at most 64" in proc.stderr, proc.stderr
     ok = vrf_conf(f"alice mgmt deny={items.rsplit(',', 1)[0]} strict\n")
     assert pam_vrf_cli("check", "--config", ok).returncode == 0
+    long = "u" * 257
+    for text, message in ((f"{long} mgmt\n", "user or group name longer than 256"),
+                          (f"* mgmt services=sshd,{long}\n", "service name longer than 256")):
+        proc = pam_vrf_cli("check", "--config", vrf_conf(text))
+        assert proc.returncode == 1 and message in proc.stderr, proc.stderr
 
 
 def test_check_reports_pam_python_reachable_from_su(vrf_conf, tmp_path):

@@ -15,7 +15,7 @@ from pam_vrf import netdev, policy, process, protocol
 from pam_vrf.helper.placement import PlacementError
 from pam_vrf.log import escape
 
-MAX_NAME = 256              # user names, services, ttys, hosts
+MAX_NAME = policy.MAX_NAME  # user names, services, ttys, hosts
 
 
 class Refused(Exception):
