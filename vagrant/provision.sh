@@ -22,9 +22,10 @@
 #     `@netops mgmt`
 #   - a test ssh key (/etc/pam-vrf-test/id_ed25519) that logs in as op1, op2
 #     and root; an sshd drop-in for many logins in a row
-#   - the pam-vrf session line in /etc/pam.d/sshd, after pam_systemd, with the
-#     control values the product recommends (a strict refusal is honoured)
-#   - the pam-vrf helper units (socket and service) enabled, and started
+#   - the pam-auth-update profile `pam-vrf` enabled: pam_vrf.so in
+#     common-session (after pam_systemd) and common-session-noninteractive,
+#     so sshd, su, cron and atd sessions are placed; checked per service
+#   - the pam-vrf helper units (both sockets and the service) enabled, and started
 #   - /etc/pam-vrf-test-vm, the marker that lets tests/vm run
 #
 # Every step runs even if an earlier one failed; the summary at the end lists
@@ -33,9 +34,12 @@
 set -u
 
 # Runtime packages (the CI image adds the kernel/boot ones itself).
-# (bpftool: tests/vm counts loaded and attached BPF programs with it.)
+# (bpftool: tests/vm counts loaded and attached BPF programs with it;
+# gcc libc6-dev libpam0g-dev: `make install` builds the C module pam_vrf.so;
+# cron, at: the VM tests check that their sessions are placed too.)
 PACKAGES="iproute2 openssh-server openssh-client libpam-python libpam-systemd pamtester
-python3 python3-pytest python3-pyroute2 kmod make procps iputils-ping netbase bpftool"
+python3 python3-pytest python3-pyroute2 kmod make procps iputils-ping netbase bpftool
+gcc libc6-dev libpam0g-dev cron at"
 
 if [ "${1:-}" = "--print-packages" ]; then
     echo $PACKAGES
@@ -281,51 +285,71 @@ else
     echo "has a @netops rule already"
 fi
 
-# --- PAM: sshd ---------------------------------------------------------------
-# pam_systemd moves the login into session-N.scope and would undo a placement
-# made before it; in Debian it comes into sshd's stack via @include
-# common-session. The hook goes at the end, i.e. after it; check that it is.
-# Control values as the product recommends (README, pam.d/sshd.example): only
-# a strict refusal (PAM_SESSION_ERR) fails the stack, so `strict` is honoured.
-log "/etc/pam.d/sshd"
-PAM_LINE="session [success=ok session_err=bad default=ignore] pam_python.so /usr/lib/pam-vrf/pam_vrf.py"
-SSHD_PAM=/etc/pam.d/sshd
-if [ ! -f $SSHD_PAM ]; then
-    fail "$SSHD_PAM does not exist (openssh-server)"
-else
-    # Where does pam_systemd come in? (directly, or via one level of @include)
-    systemd_at=$(awk -v dir=/etc/pam.d '
-        /^[[:space:]]*#/ { next }
-        $1 == "session" && /pam_systemd\.so/ { line = NR }
-        $1 == "@include" {
-            f = dir "/" $2
-            while ((getline l < f) > 0)
-                if (l !~ /^[[:space:]]*#/ && l ~ /^[[:space:]]*session/ && l ~ /pam_systemd\.so/) line = NR
-            close(f)
-        }
-        END { print line + 0 }' $SSHD_PAM)
-    hook_at=$(grep -n '^[^#]*pam_vrf\.py' $SSHD_PAM | head -1 | cut -d: -f1)
-    if [ "$systemd_at" = 0 ]; then
-        fail "$SSHD_PAM: pam_systemd is not in the session stack (libpam-systemd / pam-auth-update)"
-    elif grep -qxF "$PAM_LINE" $SSHD_PAM && [ "$(grep -c 'pam_vrf\.py' $SSHD_PAM)" = 1 ] \
-            && [ "${hook_at:-0}" -gt "$systemd_at" ]; then
-        echo "has the pam-vrf line already (line $hook_at; pam_systemd at line $systemd_at)"
-    else
-        # Replace an older pam-vrf line (e.g. `session optional ...`) with ours, at the end.
-        sed -i -e '/^# pam-vrf: place the session/d' -e '/pam_vrf\.py/d' $SSHD_PAM
-        sed -i -e :a -e '/^\n*$/{$d;N;ba' -e '}' $SSHD_PAM      # and the blank lines left at the end
-        printf '\n# pam-vrf: place the session in its VRF; must come after pam_systemd (vagrant/provision.sh)\n%s\n' \
-            "$PAM_LINE" >>$SSHD_PAM
-        echo "appended to $SSHD_PAM (pam_systemd is brought in at line $systemd_at)"
-    fi
+# --- PAM: the pam-vrf profile (pam-auth-update) -----------------------------
+# The product's way onto a Debian host: the pam-auth-update profile `pam-vrf`
+# (make install puts it in /usr/share/pam-configs) adds pam_vrf.so to
+# common-session (after pam_systemd: its priority is lower, and pam_systemd
+# moves the login into session-N.scope, which would undo a placement made
+# before it) and to common-session-noninteractive (cron, atd). sshd and su
+# @include common-session, cron and atd common-session-noninteractive.
+# Only a strict refusal (PAM_SESSION_ERR) fails a session.
+log "PAM: pam-auth-update --enable pam-vrf"
+PROFILE=/usr/share/pam-configs/pam-vrf
+# An older provision put the pam_python entry into /etc/pam.d/sshd by hand;
+# with the profile it would place sshd logins twice.
+if grep -q 'pam_vrf\.py' /etc/pam.d/sshd 2>/dev/null; then
+    sed -i -e '/^# pam-vrf: place the session/d' -e '/pam_vrf\.py/d' /etc/pam.d/sshd
+    sed -i -e :a -e '/^\n*$/{$d;N;ba' -e '}' /etc/pam.d/sshd      # and the blank lines left at the end
+    echo "removed the old pam_python line from /etc/pam.d/sshd"
 fi
+if [ ! -f $PROFILE ]; then
+    fail "$PROFILE is not installed (make install)"
+elif grep -q 'pam_vrf\.so' /etc/pam.d/common-session 2>/dev/null \
+        && grep -q 'pam_vrf\.so' /etc/pam.d/common-session-noninteractive 2>/dev/null; then
+    echo "pam-vrf profile enabled already"
+else
+    pam-auth-update --enable pam-vrf || fail "pam-auth-update --enable pam-vrf"
+    echo "enabled the pam-vrf profile"
+fi
+# Check what each PAM service we rely on ends up with: its session stack with
+# one level of @include expanded (the common-* files include nothing).
+session_stack() {   # session_stack SERVICE: the module names of its session lines, in order
+    awk -v dir=/etc/pam.d '
+        function line(l) {
+            if (l ~ /^[[:space:]]*#/ || l !~ /^[[:space:]]*-?session[[:space:]]/) return
+            n = split(l, w, /[[:space:]]+/)
+            for (i = 1; i <= n; i++) if (w[i] ~ /\.so$/) { sub(/.*\//, "", w[i]); print w[i]; return }
+        }
+        /^[[:space:]]*@include[[:space:]]/ {
+            f = dir "/" $2
+            while ((getline l < f) > 0) line(l)
+            close(f); next
+        }
+        { line($0) }' "/etc/pam.d/$1"
+}
+for svc in sshd:interactive su:interactive cron:noninteractive atd:noninteractive; do
+    name=${svc%%:*} kind=${svc#*:}
+    if [ ! -f /etc/pam.d/$name ]; then fail "/etc/pam.d/$name does not exist"; continue; fi
+    stack=$(session_stack $name | tr '\n' ' ')
+    vrf_at=$(session_stack $name | grep -n '^pam_vrf\.so$' | cut -d: -f1 | tr '\n' ' ')
+    systemd_at=$(session_stack $name | grep -n '^pam_systemd\.so$' | head -1 | cut -d: -f1)
+    if [ "$(echo $vrf_at | wc -w)" != 1 ] || session_stack $name | grep -q '^pam_python\.so$'; then
+        fail "/etc/pam.d/$name: expected pam_vrf.so once (and no pam_python) in its session stack: $stack"
+    elif [ $kind = interactive ] && { [ -z "$systemd_at" ] || [ "$vrf_at" -lt "$systemd_at" ]; }; then
+        fail "/etc/pam.d/$name: pam_vrf.so must come after pam_systemd.so: $stack"
+    else
+        echo "/etc/pam.d/$name session stack: $stack"
+    fi
+done
+# cron and atd run the jobs the tests schedule (their packages enable them).
+systemctl enable cron.service atd.service || fail "systemctl enable cron atd"
 
 # --- the helper -----------------------------------------------------------------
-# Both units: the socket (logins reach the helper even while it restarts) and
-# the service (running from boot rather than started by the first login, which
-# waits at most 1 s for the helper's answer).
+# The sockets (logins reach the helper even while it restarts): root.sock for
+# the PAM entries, helper.sock for everyone (`pam-vrf exec`); and the service,
+# running from boot rather than started by the first login.
 log "pam-vrf helper units"
-HELPER_UNITS="pam-vrf-helper.socket pam-vrf-helper.service"
+HELPER_UNITS="pam-vrf-helper.socket pam-vrf-helper-root.socket pam-vrf-helper.service"
 for unit in $HELPER_UNITS; do
     found=""
     for dir in /etc/systemd/system /usr/local/lib/systemd/system /lib/systemd/system /usr/lib/systemd/system; do

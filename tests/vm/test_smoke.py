@@ -1,6 +1,7 @@
 """Smoke test of the VM harness: the machine vagrant/provision.sh makes is
 what the VM tests rely on (real VRF driver, VRF mgmt in table 10, systemd,
-sshd, `ip vrf exec` binding sockets, the lab peers).
+sshd, cron, atd, the helper's units, the pam-vrf profile in the session
+stacks, `ip vrf exec` binding sockets, the lab peers).
 
 Everything runs as root in the VM; nothing here changes the machine.
 
@@ -63,6 +64,42 @@ def test_systemd_is_pid1_and_system_is_up():
 
 def test_sshd_is_active():
     assert run("systemctl", "is-active", "ssh.service", check=False).stdout.strip() == "active"
+
+
+def test_cron_atd_and_the_helper_units_are_active():
+    units = ("cron.service", "atd.service", "pam-vrf-helper.socket", "pam-vrf-helper-root.socket",
+             "pam-vrf-helper.service")
+    states = run("systemctl", "is-active", *units, check=False).stdout.split()
+    assert states == ["active"] * len(units), dict(zip(units, states))
+
+
+def session_modules(service):
+    """The module names of a PAM service's session lines, one level of @include expanded."""
+    out = []
+    with open(f"/etc/pam.d/{service}") as f:
+        for line in f:
+            words = line.split("#", 1)[0].split()
+            if words[:1] == ["@include"]:
+                out += session_modules(words[1])
+            elif words[:1] in (["session"], ["-session"]):
+                out.append(next(w for w in words if w.endswith(".so")).rsplit("/", 1)[-1])
+    return out
+
+
+def test_the_pam_vrf_profile_places_sshd_su_cron_and_atd_sessions():
+    # pam-auth-update --enable pam-vrf: pam_vrf.so once per stack, after pam_systemd where
+    # there is one (sshd, su: common-session), and in cron's and atd's (noninteractive).
+    for service in ("sshd", "su", "cron", "atd"):
+        modules = session_modules(service)
+        assert modules.count("pam_vrf.so") == 1 and "pam_python.so" not in modules, (service, modules)
+        if service in ("sshd", "su"):
+            assert modules.index("pam_systemd.so") < modules.index("pam_vrf.so"), (service, modules)
+    with open("/etc/pam.d/common-session") as f:
+        line = [x for x in f if "pam_vrf.so" in x and not x.lstrip().startswith("#")]
+    assert line and line[0].split() == ["session", "[success=ok", "session_err=bad", "default=ignore]",
+                                        "pam_vrf.so"], line
+    # and the product's own audit of vrf.conf and the PAM stacks agrees
+    run("/usr/local/bin/pam-vrf", "check")
 
 
 BANNER = textwrap.dedent("""

@@ -1,5 +1,6 @@
 """pam-vrf and iproute2's `ip vrf` on one machine, from inside a placed
-session (the test VM: real VRFs, logind, sshd with the pam-vrf hook).
+session (the test VM: real VRFs, logind, sshd with pam_vrf.so from the
+pam-auth-update profile, the helper deciding and placing).
 
 Root logs in over ssh under a temporary rule `root mgmt services=sshd`, so
 its shell is placed like anyone's and may run `ip vrf exec`:
@@ -10,7 +11,8 @@ its shell is placed like anyone's and may run `ip vrf exec`:
 - `ip vrf pids mgmt` and `pam-vrf pids mgmt` list the session's processes;
 - `ip vrf exec mgmt CMD` inside the session works (no EPERM against our
   attachment) and binds to mgmt, with still one program on the cgroup;
-- `pam-vrf exec default` does what `ip vrf exec default` does.
+- `pam-vrf exec default` (which always goes through the helper, root's
+  too) does what `ip vrf exec default` does.
 
 vrf.conf is restored and `other` deleted afterwards, also on failure.
 """

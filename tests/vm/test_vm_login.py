@@ -1,5 +1,6 @@
 """Real ssh logins on the test VM (real VRF, systemd 252, logind, sshd with
-the pam-vrf hook after pam_systemd, the helper under its systemd units):
+pam_vrf.so after pam_systemd through the pam-auth-update profile, the helper
+under its systemd units):
 
 - a netops member's session lands in <session-N.scope>/vrf/mgmt, stays a
   logind session (loginctl sees it and terminate-session ends all of it, the
@@ -7,8 +8,10 @@ the pam-vrf hook after pam_systemd, the helper under its systemd units):
   socket, IPv4 and IPv6, is bound to mgmt;
 - traffic: from that session 10.99.0.2 / fd00:99::2 is the peer behind the
   VRF (mgmt-peer); from a user the policy leaves alone it is prod-peer;
-- the helper runs as its own user with ambient capabilities only, and it is
-  what attached the session's program.
+- the helper decides and places (its syslog line names user, service, VRF,
+  rule FILE:LINE, cgroup and the PAM caller's pid: the session leader); it
+  runs as its own user with ambient capabilities only, and it is what loaded
+  and attached the session's program.
 
 Runs only on the test VM (vagrant/provision.sh); see tests/vm/test_smoke.py.
 """
@@ -17,9 +20,8 @@ import json
 import os
 import pwd
 import re
+import stat
 import sys
-
-import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import vmlib  # noqa: E402
@@ -57,13 +59,14 @@ def test_netops_login_lands_in_mgmt_inside_its_logind_session():
         assert vmlib.cgroup_of(s.shell) == probe["cgroup"]
         assert_bound_to_mgmt(probe["sockets"])
 
-        # pam_vrf moved the PAM caller (sshd's session process, logind's leader) itself.
+        # The helper moved the PAM caller (sshd's session process, logind's leader) itself.
         leader = int(run("loginctl", "show-session", session, "-p", "Leader", "--value").stdout)
         assert vmlib.cgroup_of(leader) == probe["cgroup"], "the session leader (PAM caller) is not placed"
-        entry = vmlib.wait_journal(mark, [f"user {MEMBER} (service sshd) placed in VRF {VRF}",
-                                          f"session-{session}.scope/vrf/{VRF}"], SYSLOG_IDENTIFIER="pam_vrf")
-        assert "rule /etc/security/vrf.conf:" in entry["MESSAGE"], entry["MESSAGE"]
+        entry = vmlib.wait_journal(mark, [f"user {MEMBER} (service sshd) placed in VRF {VRF} (rule "
+                                          f"{vmlib.VRF_CONF}:", f", cgroup {probe['cgroup']}, pid {leader}"],
+                                   SYSLOG_IDENTIFIER=vmlib.HELPER_IDENT)
         assert entry["SYSLOG_FACILITY"] == "10" and entry["PRIORITY"] == "6", entry     # authpriv.info
+        assert int(entry["_PID"]) == vmlib.helper_pid(), entry
 
         # Still a logind session, and logind still knows its scope.
         assert session in vmlib.sessions_of(MEMBER)
@@ -134,18 +137,25 @@ def test_helper_is_unprivileged_with_ambient_capabilities_only_and_does_the_atta
     assert st["NoNewPrivs"] == "1"
     assert st["Seccomp"] == "2", "SystemCallFilter= is not in force"
     # No setuid anywhere in what pam-vrf installs.
-    for path in ("/usr/local/sbin/pam-vrf", "/usr/local/sbin/pam-vrf-helper", "/usr/lib/pam-vrf/pam_vrf.py"):
+    for path in (vmlib.PAM_VRF, vmlib.PAM_VRF_HELPER, vmlib.PAM_PYTHON_ENTRY,
+                 vmlib.PAM_MODULE):
         assert not os.stat(path).st_mode & 0o6000, f"{path} is setuid/setgid"
+    # Its sockets: root.sock (the PAM entries) for root only, helper.sock for everyone.
+    for path, mode in ((vmlib.HELPER_ROOT_SOCKET, 0o600), (vmlib.HELPER_SOCKET, 0o666)):
+        st = os.stat(path)
+        assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == mode and st.st_uid == 0, \
+            f"{path}: mode {stat.S_IMODE(st.st_mode):o}, uid {st.st_uid}"
 
     # It works: a login is placed through it; the program is loaded by the
     # helper's uid and attached (flags 0, as ip vrf exec does) to the session's cgroup.
     mark = vmlib.journal_mark()
     with vmlib.Session(MEMBER) as s:
         where = os.path.join(vmlib.cgroup_mount(), s.first["cgroup"].lstrip("/"))
-        entry = vmlib.wait_journal(mark, ["attached program", f"({VRF}, ifindex {ifindex(VRF)})", where],
-                                   _PID=pid)
-        prog_id = int(re.search(r"attached program (\d+)", entry["MESSAGE"]).group(1))
-        assert vmlib.sock_create_attachments().get(where) == [(prog_id, "pam_vrf", "")]
+        vmlib.wait_journal(mark, [f"user {MEMBER} (service sshd) placed in VRF {VRF}", s.first["cgroup"]],
+                           _PID=pid)
+        attached = vmlib.sock_create_attachments().get(where)
+        assert attached and len(attached) == 1 and attached[0][1:] == ("pam_vrf", ""), (where, attached)
+        prog_id = attached[0][0]
         progs = {p["id"]: p for p in json.loads(run("bpftool", "-j", "prog", "show").stdout)}
         assert progs[prog_id]["type"] == "cgroup_sock"
         assert progs[prog_id]["uid"] == account.pw_uid, "the program was not loaded by the helper's user"

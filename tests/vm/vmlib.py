@@ -2,11 +2,13 @@
 there is no conftest.py in tests/vm, see test_smoke.py).
 
 The machine is the one vagrant/provision.sh makes: VRF `mgmt` (table 10),
-logind, sshd on port 22 with the pam-vrf hook after pam_systemd, the helper
-under its systemd units, users op1 (netops: placed in mgmt) and op2 (not
-placed), a test ssh key for them and root, and the lab: veth-mgmt (in mgmt)
-to namespace mgmt-peer and veth-prod (default VRF) to prod-peer, both peers
-owning 10.99.0.2 / fd00:99::2.
+logind, the pam-auth-update profile `pam-vrf` enabled (pam_vrf.so after
+pam_systemd in common-session, and in common-session-noninteractive: sshd on
+port 22, su, cron and atd sessions are placed), the helper under its systemd
+units (helper.sock, root.sock, the service), cron and atd, users op1 (netops:
+placed in mgmt) and op2 (not placed), a test ssh key for them and root, and
+the lab: veth-mgmt (in mgmt) to namespace mgmt-peer and veth-prod (default
+VRF) to prod-peer, both peers owning 10.99.0.2 / fd00:99::2.
 
 Every helper that changes the machine is a context manager that puts it back
 on the way out, also when the test fails: users, groups, vrf.conf, the
@@ -19,6 +21,7 @@ import os
 import pwd
 import select
 import shlex
+import socket
 import subprocess
 import time
 import uuid
@@ -36,10 +39,19 @@ RESPONDER = os.path.join(HERE, "vm_responder.py")
 KEY = "/etc/pam-vrf-test/id_ed25519"
 VRF, VRF_TABLE = "mgmt", 10
 VRF_CONF = "/etc/security/vrf.conf"
-PAM_VRF = "/usr/local/sbin/pam-vrf"
+PAM_VRF = "/usr/local/bin/pam-vrf"
+PAM_VRF_HELPER = "/usr/local/sbin/pam-vrf-helper"
 HELPER_SERVICE = "pam-vrf-helper.service"
-HELPER_UNITS = ("pam-vrf-helper.socket", HELPER_SERVICE)
+# Stopped together: a socket left listening would start the service again.
+HELPER_UNITS = ("pam-vrf-helper.socket", "pam-vrf-helper-root.socket", HELPER_SERVICE)
 HELPER_SOCKET = "/run/pam-vrf/helper.sock"
+HELPER_ROOT_SOCKET = "/run/pam-vrf/root.sock"
+HELPER_IDENT = "pam-vrf-helper"     # syslog ident of the helper: every verdict
+PAM_IDENT = "pam_vrf"               # the PAM entries' own lines (no helper: the offline decider)
+PAM_LINE = "session [success=ok session_err=bad default=ignore]"
+PAM_PYTHON_ENTRY = "/usr/lib/pam-vrf/pam_vrf.py"
+PAM_MODULE = "/usr/lib/x86_64-linux-gnu/security/pam_vrf.so"
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 HELPER_STATE = "/run/pam-vrf-helper/attachments.json"
 PEERS = {"mgmt": "mgmt-peer", "default": "prod-peer"}
 CAP_DAC_OVERRIDE, CAP_NET_ADMIN, CAP_BPF = 1, 12, 39
@@ -90,14 +102,14 @@ def cgroup_of(pid):
 
 # --- ssh logins ------------------------------------------------------------------
 
-def ssh_argv(user, command):
+def ssh_argv(user, command, port=22):
     return ["ssh", "-F", "/dev/null", "-i", KEY, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
             "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=60",
-            f"{user}@127.0.0.1", command]
+            "-p", str(port), f"{user}@127.0.0.1", command]
 
 
-def ssh(user, command, check=True, timeout=120):
-    proc = subprocess.run(ssh_argv(user, command), capture_output=True, text=True, timeout=timeout,
+def ssh(user, command, check=True, timeout=120, port=22):
+    proc = subprocess.run(ssh_argv(user, command, port), capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL)
     if check:
         assert proc.returncode == 0, f"ssh {user}@127.0.0.1 {command!r} -> {proc.returncode}\n{proc.stdout}{proc.stderr}"
@@ -112,11 +124,11 @@ def _shell_info(line):
     return int(fields["shell"]), fields.get("identify", "")
 
 
-def probe(user, *flags, check=True):
+def probe(user, *flags, check=True, port=22):
     """Log in over ssh; returns the probe's JSON (vm_probe.py) plus "shell" (the
     login shell's pid) and "identify" (`ip vrf identify $$` in that shell).
     With check=False a failed login returns the CompletedProcess."""
-    proc = ssh(user, f"{SHELL_INFO}; {PY} {PROBE} {' '.join(flags)}", check=check)
+    proc = ssh(user, f"{SHELL_INFO}; {PY} {PROBE} {' '.join(flags)}", check=check, port=port)
     if proc.returncode != 0:
         return proc
     lines = proc.stdout.strip().splitlines()
@@ -129,9 +141,9 @@ class Login:
     """An ssh login running `command`, kept open: read its output line by line
     while it runs; close() ends it (closes its stdin, waits)."""
 
-    def __init__(self, user, command):
-        self.proc = subprocess.Popen(ssh_argv(user, command), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE)
+    def __init__(self, user, command, port=22):
+        self.proc = subprocess.Popen(ssh_argv(user, command, port), stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self._buf = b""
 
     def readline(self, timeout=90):
@@ -163,6 +175,11 @@ class Login:
             elif name is not None:
                 out[name].append(line)
 
+    def send(self, line):
+        """Write a line to the session's stdin (a script reading it goes on)."""
+        self.proc.stdin.write(line.encode() + b"\n")
+        self.proc.stdin.flush()
+
     def close(self):
         if self.proc.poll() is None:
             try:
@@ -185,8 +202,8 @@ class Session(Login):
     """A login whose shell reports itself, runs `setup`, then the probe
     (vm_probe.py --wait): once at login (.first), again at every again()."""
 
-    def __init__(self, user, *flags, setup=""):
-        super().__init__(user, f"{SHELL_INFO}\n{setup}\nexec {PY} {PROBE} --wait {' '.join(flags)}")
+    def __init__(self, user, *flags, setup="", port=22):
+        super().__init__(user, f"{SHELL_INFO}\n{setup}\nexec {PY} {PROBE} --wait {' '.join(flags)}", port)
         try:
             self.shell, self.identify = _shell_info(self.readline())
             self.first = json.loads(self.readline())
@@ -264,19 +281,109 @@ def user(*groups, prefix="pvu"):
 
 @contextlib.contextmanager
 def vrf_conf(*rules):
-    """Put `rules` in front of /etc/security/vrf.conf (first match wins); restore it after."""
+    """Put `rules` in front of /etc/security/vrf.conf (first match wins); restore it after.
+    Yields {rule: "FILE:LINE"}, where each rule is (the helper logs it so)."""
     with open(VRF_CONF) as f:
         original = f.read()
-    mode = os.stat(VRF_CONF).st_mode & 0o7777
-    try:
-        with open(VRF_CONF, "w") as f:
-            f.write("# tests/vm (temporary)\n" + "".join(r + "\n" for r in rules) + original)
+    with file_replaced(VRF_CONF, "# tests/vm (temporary)\n" + "".join(r + "\n" for r in rules) + original):
         run(PAM_VRF, "check")
-        yield
+        yield {r: f"{VRF_CONF}:{n}" for n, r in enumerate(rules, start=2)}
+
+
+@contextlib.contextmanager
+def file_replaced(path, text, mode=None):
+    """`path` holds `text` (unchecked: it may be broken on purpose) until the
+    block ends; then what was there before, with its mode (or no file at all)."""
+    try:
+        with open(path) as f:
+            original = f.read()
+        original_mode = os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        original, original_mode = None, None
+    try:
+        with open(path, "w") as f:
+            f.write(text)
+        if mode is not None:
+            os.chmod(path, mode)
+        yield path
     finally:
-        with open(VRF_CONF, "w") as f:
-            f.write(original)
-        os.chmod(VRF_CONF, mode)
+        if original is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        else:
+            with open(path, "w") as f:
+                f.write(original)
+            os.chmod(path, original_mode)
+
+
+@contextlib.contextmanager
+def password(user, secret=None):
+    """`user` has a password (a random one unless given) until the block ends;
+    then its shadow entry's password field is what it was. Yields the password."""
+    secret = secret or f"pv-{uuid.uuid4().hex}"
+    before = run("getent", "shadow", user).stdout.split(":")[1]
+    run("chpasswd", input=f"{user}:{secret}\n")
+    try:
+        yield secret
+    finally:
+        run("usermod", "-p", before, user)
+
+
+# --- a second sshd under a PAM service of its own ------------------------------------------
+
+def pam_stack_without_pam_vrf(extra_session_lines=()):
+    """/etc/pam.d/sshd with its `@include common-session` written out minus the
+    profile's pam_vrf.so line, then `extra_session_lines` at the end (after
+    pam_systemd): a stack in which nothing else of pam-vrf runs."""
+    with open("/etc/pam.d/sshd") as f:
+        sshd = f.read().splitlines()
+    with open("/etc/pam.d/common-session") as f:
+        common = [line for line in f.read().splitlines() if "pam_vrf.so" not in line]
+    out = []
+    for line in sshd:
+        if line.split()[:2] == ["@include", "common-session"]:
+            out += common
+        else:
+            out.append(line)
+    assert not [line for line in out if "pam_vrf" in line and not line.lstrip().startswith("#")], out
+    return "\n".join(out + list(extra_session_lines)) + "\n"
+
+
+@contextlib.contextmanager
+def sshd_service(name, pam_stack, port):
+    """sshd listening on 127.0.0.1:`port` under the PAM service `name` (sshd
+    takes it from the name it is started as: a symlink NAME -> /usr/sbin/sshd),
+    whose stack is `pam_stack` (/etc/pam.d/NAME). Everything goes afterwards."""
+    link, stack = f"/usr/local/sbin/{name}", f"/etc/pam.d/{name}"
+    assert not os.path.lexists(link) and not os.path.exists(stack), f"{name} exists already"
+    proc = None
+    try:
+        with open(stack, "w") as f:
+            f.write(pam_stack)
+        os.symlink("/usr/sbin/sshd", link)
+        proc = subprocess.Popen([link, "-D", "-p", str(port), "-o", "ListenAddress=127.0.0.1",
+                                 "-o", f"PidFile=/run/{name}.pid"], env={"PATH": SYSTEM_PATH, "LANG": "C.UTF-8"},
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+
+        def listening():
+            if proc.poll() is not None:
+                raise AssertionError(f"{name} exited with {proc.returncode}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+                return c.recv(64).startswith(b"SSH-")
+            return False
+        wait_until(f"{name} to listen on port {port}", listening, timeout=60, interval=0.5)
+        yield port
+    finally:
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for path in (link, stack, f"/run/{name}.pid"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
 
 # --- journal ---------------------------------------------------------------------------
@@ -326,10 +433,12 @@ def helper_pid():
     return int(run("systemctl", "show", "-p", "MainPID", "--value", HELPER_SERVICE).stdout.strip() or 0)
 
 
-def helper_ping():
-    """True if the helper answers on its socket."""
-    code = ("import sys; from pam_vrf import client\n"
-            f"sys.exit(0 if client.request({{'op': 'ping'}}, {HELPER_SOCKET!r}, timeout=5).get('ok') else 1)")
+def helper_ping(socket_path=HELPER_SOCKET):
+    """True if the helper answers on its socket (and on root.sock beside it)."""
+    code = ("import sys; from pam_vrf import client, protocol\n"
+            f"ok = all(client.request({{'op': 'ping'}}, p, timeout=5).get('ok') for p in "
+            f"({socket_path!r}, protocol.root_socket({socket_path!r})))\n"
+            "sys.exit(0 if ok else 1)")
     return run(PY, "-c", code, check=False, cwd="/").returncode == 0
 
 
