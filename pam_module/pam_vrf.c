@@ -25,6 +25,8 @@
 #include <syslog.h>
 #include <time.h>
 #include <unistd.h>
+#include <sched.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
@@ -382,6 +384,26 @@ static ssize_t ask_helper(const char *socket_path, const char *request, char *re
 /* The child: nothing of the caller's (fds, cwd, signal mask and handlers,
  * the invoking user's real ids under su/sudo, environment) reaches the
  * decider. Async-signal-safe calls only: the caller may be threaded. */
+/* Under su/sudo the invoking user chose our rlimits, nice value and scheduling
+ * policy: a tiny address space or an idle priority would make the decider fail
+ * or time out, and a strict rule would then not be honoured. Root may lift them. */
+static void reset_limits(void)
+{
+    static const int unlimited[] = { RLIMIT_AS, RLIMIT_DATA, RLIMIT_CPU, RLIMIT_FSIZE,
+                                     RLIMIT_NPROC, RLIMIT_RSS, RLIMIT_MEMLOCK };
+    const struct rlimit none = { RLIM_INFINITY, RLIM_INFINITY }, stack = { 8 << 20, RLIM_INFINITY },
+                        files = { 1024, 4096 };
+    const struct sched_param normal = { 0 };
+    size_t i;
+
+    for (i = 0; i < sizeof(unlimited) / sizeof(unlimited[0]); i++)
+        setrlimit(unlimited[i], &none);
+    setrlimit(RLIMIT_STACK, &stack);
+    setrlimit(RLIMIT_NOFILE, &files);
+    setpriority(PRIO_PROCESS, 0, 0);
+    sched_setscheduler(0, SCHED_OTHER, &normal);
+}
+
 __attribute__((noreturn)) static void exec_decider(const char *const *argv)
 {
     static char *const envp[] = { "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C.UTF-8", NULL };
@@ -398,6 +420,7 @@ __attribute__((noreturn)) static void exec_decider(const char *const *argv)
     /* all ids 0, so the invoking user cannot signal it */
     if (geteuid() == 0 && (setresgid(0, 0, 0) < 0 || setgroups(0, NULL) < 0 || setresuid(0, 0, 0) < 0))
         _exit(126);
+    reset_limits();
     execve(PAM_VRF_PYTHON, (char *const *)argv, envp);
     _exit(127);
 }
@@ -477,6 +500,15 @@ static int slow_path(pam_handle_t *pamh, const char *user, const char *service,
     rc = run_decider(pamh, user, service, o, safe_reason);
     if (rc == 0) return PAM_SUCCESS;
     if (rc == 1) return PAM_SESSION_ERR;   /* a strict rule: the decider logged it */
+    if (getuid() != geteuid()) {
+        /* A setuid caller (su, sudo): the invoking user may have made the decider
+         * fail (rlimits we could not lift, an idle priority), and a strict rule
+         * must not be escaped that way. Root's own logins are never refused here. */
+        pam_syslog(pamh, LOG_ERR, "%s: refusing session: %s, and the offline decider could not tell whether a "
+                   "strict rule applies (invoked by uid %u through a setuid program)", who, safe_reason,
+                   (unsigned)getuid());
+        return PAM_SESSION_ERR;
+    }
     pam_syslog(pamh, LOG_ERR, "%s: session left unplaced (%s; offline decider unusable)", who, safe_reason);
     return PAM_IGNORE;
 }

@@ -41,21 +41,22 @@ def ifname(index):
         return None
 
 
-def device_kind(name, sysfs="/sys/class/net"):
-    """'vrf' for a VRF device, '' for another device, None when there is no such device.
+def device_kind(name):
+    """'vrf' for a VRF device, another kind ('veth', 'bridge', '' if none) for
+    another device, None when there is no such device in this network namespace.
 
-    The kernel's VRF driver sets DEVTYPE=vrf in the device's uevent.
+    Asked over rtnetlink (IFLA_INFO_KIND), as `ip -d link` does: sysfs shows
+    the namespace it was mounted in (wrong under `nsenter --net`), and the VRF
+    driver sets no DEVTYPE in uevent. pyroute2 is imported here only: the
+    CLI's `check`, `doctor` and the helper ask this, never the login path.
     """
-    try:
-        with open(f"{sysfs}/{name}/uevent") as f:
-            for line in f:
-                if line.startswith("DEVTYPE="):
-                    return line.strip().split("=", 1)[1]
-        return ""
-    except FileNotFoundError:
-        return None
-    except OSError:
-        return ""
+    from pyroute2 import IPRoute
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=name)
+        if not found:
+            return None
+        info = ipr.get_links(found[0])[0].get_attr("IFLA_LINKINFO")
+        return (info.get_attr("IFLA_INFO_KIND") if info else None) or ""
 
 
 def device_problem(name, plain=False):

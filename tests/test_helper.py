@@ -1333,3 +1333,65 @@ def test_restarted_helper_still_reattaches(helper_factory, vrf_conf, syslog, tar
     logged(syslog, mark, f"device {dev} is back as ifindex {new}", "re-attached 1 cgroup")
     assert [probe("state")[k] for k in ("bound", "ifindex")] == [dev, new]
     assert_serving(helper)
+
+
+# Run as an unprivileged user: a TCP socket whose close() blocks (SO_LINGER
+# with data the peer never reads), passed to the helper with a request, alone
+# and among more descriptors than a message can carry to a small buffer.
+LINGERING_FD = r'''
+import os, socket, sys, time
+path, copies = sys.argv[1], int(sys.argv[2])
+listener = socket.socket()
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+listener.bind(("127.0.0.1", 0))
+listener.listen(1)
+stuck = socket.socket()
+stuck.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+stuck.connect(listener.getsockname())
+stuck.setblocking(False)
+try:
+    while True:
+        stuck.send(b"x" * 4096)
+except BlockingIOError:
+    pass
+stuck.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, (1).to_bytes(4, "little") + (600).to_bytes(4, "little"))
+for fds in ([stuck.fileno()], [0, 1, 2] + [stuck.fileno()] * copies):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.settimeout(5)
+    s.connect(path)
+    s.sendmsg([b'{"v":2,"op":"ping"}'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                          b"".join(fd.to_bytes(4, "little") for fd in fds))])
+    try:
+        s.recv(4096)
+    except socket.timeout:
+        pass            # a stalled helper: the login below will tell
+    s.close()
+stuck.close()
+print("passed", flush=True)
+time.sleep(300)
+'''
+
+
+def test_descriptors_whose_release_blocks_never_stall_logins(helper_factory, vrf_conf, target, sandbox_cgroup,
+                                                              agents, throwaway_user):
+    """Closing a passed TCP socket with SO_LINGER and unacknowledged data blocks
+    for the linger time (600 s here): the helper releases what non-root clients
+    pass in closer threads, so a login sent right after is placed at once."""
+    ns, dev, _ = target
+    login, attacker = throwaway_user(), throwaway_user()
+    helper = helper_factory(vrf_conf(f"{login.pw_name}  {dev}  plain\n"), netns=ns)
+    evil = spawn([PY, "-c", LINGERING_FD, helper.socket, "200"], netns=ns, user=attacker, cwd="/",
+                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert evil.stdout.readline().strip() == "passed", evil.stderr.read()
+        agent = agents(netns=ns, cgroup_dir=sandbox_cgroup)
+        # A stalled main loop would answer only after the 600 s the release blocks.
+        agent.send("client", socket=root_sock(helper), msg={"op": "open", "user": login.pw_name},
+                   timeout=protocol.LOGIN_TIMEOUT)
+        result = agent.receive(timeout=2 * protocol.LOGIN_TIMEOUT)
+        where = f"{hierarchy(sandbox_cgroup)}/{ns}-ns/vrf/{dev}"
+        assert placed_in(result["reply"], dev, where) is None, (result, helper.output())
+        assert_serving(helper)
+    finally:
+        evil.kill()
+        evil.wait()

@@ -658,3 +658,29 @@ def test_real_helper_stopped_for_a_while_is_waited_for(helper_lab):
         timer.join()
         os.kill(lab.helper.proc.pid, signal.SIGCONT)
     assert got["rc"] == 0 and got["dev"] == lab.target and got["env"] == lab.target, got
+
+
+# Like su invoked by a hostile user: a tiny address space and file table, an
+# idle priority, then real ids the user's and effective ids 0.
+HOSTILE_SU = ("import os, resource, sys; uid, gid = int(sys.argv[1]), int(sys.argv[2]); os.nice(19); "
+              "resource.setrlimit(resource.RLIMIT_AS, (20_000_000, 20_000_000)); "
+              "resource.setrlimit(resource.RLIMIT_NOFILE, (8, 8)); os.setgroups([gid]); "
+              "os.setresgid(gid, 0, 0); os.setresuid(uid, 0, 0); os.execv(sys.argv[3], sys.argv[4:])")
+
+
+def test_the_callers_limits_cannot_break_the_slow_path(decider, users, pam_service, syslog, scratch,
+                                                       throwaway_user):
+    """Under su/sudo the invoking user sets our rlimits and nice value: a tiny
+    address space made the decider fail, and a strict rule went unhonoured. The
+    child lifts what root may lift (CAP_SYS_RESOURCE; this sandbox's bounding set
+    lacks it), and a setuid caller's session is refused when the decider still
+    cannot tell: never a strict rule escaped."""
+    plain, strict, config = users
+    invoker = throwaway_user()
+    service = pam_service(f"config={config} socket={scratch}/helper.sock")
+    mark = syslog.mark()
+    argv = syslog.wrap([PY, "-I", "-c", HOSTILE_SU, str(invoker.pw_uid), str(invoker.pw_gid),
+                        shutil.which("pamtester"), "pamtester", service, strict, "open_session"])
+    proc = subprocess.run(argv, env={"PATH": SYSTEM_PATH}, cwd="/", capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "successfully opened" not in proc.stdout + proc.stderr, proc
+    syslog.wait_for([f"user {strict}", "refusing session"], mark)

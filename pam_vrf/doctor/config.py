@@ -1,9 +1,8 @@
 """vrf.conf parses, and every VRF it names exists and is a VRF (an ordinary
 device where the rule says `plain`), in this network namespace.
 
-Devices are looked up over rtnetlink (pyroute2, as the helper does):
-/sys/class/net shows the network namespace sysfs was mounted in, which is
-not this process's under `nsenter --net` (netdev.device_kind reads it).
+Devices are looked up over rtnetlink (pyroute2, as the helper and
+netdev.device_kind do), all at once.
 """
 
 import os

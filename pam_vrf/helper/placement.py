@@ -21,8 +21,8 @@ from pam_vrf.helper.attachments import Conflict
 from pam_vrf.helper.links import DeviceError
 from pam_vrf.helper.policy_cache import Unavailable
 
-# cgroups the helper may create for one non-root user's `pam-vrf exec`
-# (each is a directory and a program attachment the helper keeps track of).
+# cgroups the helper may place one non-root user's `pam-vrf exec` in (each
+# is a program attachment the helper keeps track of), whoever made them.
 MAX_CGROUPS_PER_UID = 32
 BIND_ONLY = {"deny": [], "mark": None, "priority": None, "plain": False}
 MANAGER_SERVICE = "systemd-user"        # the PAM service of user@UID.service
@@ -80,15 +80,23 @@ class Placement:
 
         try:
             where = self.move(proc, rule.target, protocol.rule_fields(rule), reattach=True)
-            manager = self._bind_manager(proc, uid, rule) if rule.places else None
         except PlacementError as e:
             if rule.strict:
                 self.log.err(f"refusing session of {who}: {e} (strict rule {rule.where})")
                 return verdict("refused", error=str(e), rule=rule.where)
             self.log.err(f"{who} left unplaced: {e} (rule {rule.where})")
             return verdict("unplaced", error=str(e), rule=rule.where)
-        self.log.info(f"{who} placed in VRF {rule.target} (rule {rule.where}), cgroup {where}, pid {proc.pid}"
-                      + (f"; systemd user manager {manager} bound too" if manager else ""))
+        placed = f"{who} placed in VRF {rule.target} (rule {rule.where}), cgroup {where}, pid {proc.pid}"
+        try:
+            manager = self._bind_manager(proc, uid, rule) if rule.places else None
+        except PlacementError as e:
+            if rule.strict:
+                self.log.err(f"refusing session of {who}: {e} (strict rule {rule.where}); it was "
+                             f"placed in {where}, but what its systemd manager starts would not be")
+                return verdict("refused", error=str(e), rule=rule.where)
+            self.log.err(f"{placed}; but {e}: what it starts (systemd-run --user) is not placed")
+            return verdict("placed", vrf=rule.target, rule=rule.where, cgroup=where, error=str(e))
+        self.log.info(placed + (f"; systemd user manager {manager} bound too" if manager else ""))
         return verdict("placed", vrf=rule.target, rule=rule.where, cgroup=where)
 
     def _confined_self_session(self, proc, uid):
@@ -202,8 +210,10 @@ class Placement:
     def _prepare(self, path, vrf, fields, ifindex, owner):
         """The cgroup exists and carries the rule's program (Conflict if it holds
         processes placed under another rule)."""
+        # Charged whoever made the directory: a user may make them in advance in
+        # a cgroup tree delegated to them (user@UID.service).
+        self._charge(owner, path)
         if not os.path.isdir(path):
-            self._charge(owner, path)
             cgroup.ensure(path)
         if ifindex is not None:
             self.attachments.attach(path, vrf, fields, ifindex)
@@ -224,7 +234,7 @@ class Placement:
         if owner is None:
             return
         mine = {p for p in self._created.get(owner, ()) if os.path.isdir(p)}
-        if len(mine) >= MAX_CGROUPS_PER_UID:
+        if path not in mine and len(mine) >= MAX_CGROUPS_PER_UID:
             raise PlacementError(f"uid {owner} already has {len(mine)} cgroups made by the helper "
                                  f"(at most {MAX_CGROUPS_PER_UID})")
         mine.add(path)

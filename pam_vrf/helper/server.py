@@ -9,15 +9,25 @@ users' traffic delays a login by one short request at most.
 
 Each request carries the sender's pidfd (SCM_RIGHTS) and the kernel adds
 the sender's pid (SCM_CREDENTIALS): see pam_vrf.process.
+
+Releasing a descriptor a client passed can block (a TCP socket with
+SO_LINGER and unacknowledged data, a file on the user's FUSE mount), and so
+can closing a connection that still holds such messages. The main loop
+therefore never releases anything a non-root client sent: it receives every
+passed descriptor (room for the kernel's maximum, so none is dropped inside
+recvmsg) and hands descriptors and connections to closer threads; a uid with
+too much waiting there is turned away until it drains.
 """
 
 import array
 import errno
 import os
+import queue
 import select
 import selectors
 import socket
 import struct
+import threading
 import time
 
 from pam_vrf import process, protocol
@@ -29,9 +39,12 @@ RATE_PER_UID = 20.0         # requests a second a non-root uid may make...
 BURST_PER_UID = 40          # ...after a burst of this many
 CLIENT_DEADLINE = protocol.TIMEOUT
 PRUNE_EVERY = 10.0          # seconds between looks for cgroups that logind removed
+CLOSER_THREADS = 4
+MAX_PENDING_PER_UID = 4     # connections of one uid still being released
 
 _UCRED = struct.Struct("3i")
-_ANCILLARY = socket.CMSG_SPACE(4) + socket.CMSG_SPACE(_UCRED.size)
+SCM_MAX_FD = 253            # the most descriptors one message can carry (linux/scm.h)
+_ANCILLARY = socket.CMSG_SPACE(4 * SCM_MAX_FD) + socket.CMSG_SPACE(_UCRED.size)
 
 
 def peer_uid(conn):
@@ -71,6 +84,47 @@ def _ancillary(ancdata):
     return fds, pid
 
 
+class Closer:
+    """Threads that release what non-root clients passed or left behind, so a
+    release that blocks never stalls the main loop; counts what each uid has
+    waiting."""
+
+    def __init__(self, threads=CLOSER_THREADS):
+        self._queue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._pending = {}
+        for _ in range(threads):
+            threading.Thread(target=self._run, daemon=True, name="pam-vrf-closer").start()
+
+    def pending(self, uid):
+        with self._lock:
+            return self._pending.get(uid, 0)
+
+    def put(self, uid, conn=None, fds=()):
+        with self._lock:
+            self._pending[uid] = self._pending.get(uid, 0) + 1
+        self._queue.put((uid, conn, list(fds)))
+
+    def _run(self):
+        while True:
+            uid, conn, fds = self._queue.get()
+            try:
+                for fd in fds:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+                if conn is not None:
+                    _close(conn)
+            finally:
+                with self._lock:
+                    left = self._pending[uid] - 1
+                    if left:
+                        self._pending[uid] = left
+                    else:
+                        del self._pending[uid]
+
+
 class Client:
     __slots__ = ("uid", "root", "deadline")
 
@@ -88,6 +142,7 @@ class Server:
         self.stopping = False
         self._busy = (0.0, 0)      # (time of the last busy warning, refusals not yet logged)
         self._buckets = {}         # uid -> (tokens, time)
+        self.closer = Closer()
 
     def serve_forever(self):
         for sock, root in self.listeners.items():
@@ -163,14 +218,14 @@ class Server:
         if root and uid != 0:       # mode 0600 should make this impossible
             self.log.warning(f"refused a connection of uid {uid} on root.sock: root.sock is for root only")
             self._send(conn, protocol.reply(False, error="root.sock is for root only"))
-            _close(conn)
+            self.closer.put(uid, conn)
             return
         if uid != 0:                # root (the PAM entries) is never turned away
             why = self._over_limit(uid)
             if why:
                 self._busy_warning(uid, why)
                 self._send(conn, protocol.reply(False, error="helper busy"))
-                _close(conn)
+                self.closer.put(uid, conn)
                 return
         conn.setblocking(False)
         self.clients[conn] = Client(uid, root, time.monotonic() + CLIENT_DEADLINE)
@@ -179,6 +234,8 @@ class Server:
             self.root_sel.register(conn, selectors.EVENT_READ, ("client", root))
 
     def _over_limit(self, uid):
+        if self.closer.pending(uid) >= MAX_PENDING_PER_UID:
+            return f"uid {uid} has {MAX_PENDING_PER_UID} connections still being released"
         if len(self.clients) >= MAX_CLIENTS:
             return f"more than {MAX_CLIENTS} clients at once"
         if sum(1 for c in self.clients.values() if c.uid == uid) >= MAX_PER_UID:
@@ -233,8 +290,7 @@ class Server:
             else:
                 answer = self.handler.handle(request, self._identify(client, fds, sender, flags))
         finally:
-            for fd in fds:
-                os.close(fd)
+            self._release(client, fds)
         self._send(conn, answer)
         self._drop(conn)
 
@@ -253,13 +309,24 @@ class Server:
         except (OSError, protocol.ProtocolError):
             pass
 
+    def _release(self, client, fds):
+        """Close received descriptors: root's here, anyone else's in a closer thread."""
+        if client.uid == 0:
+            for fd in fds:
+                os.close(fd)
+        elif fds:
+            self.closer.put(client.uid, fds=fds)
+
     def _drop(self, conn):
         client = self.clients.pop(conn, None)
         if client is not None:
             self.sel.unregister(conn)
             if client.root:
                 self.root_sel.unregister(conn)
-        _close(conn)
+        if client is None or client.uid == 0:
+            _close(conn)
+        else:
+            self.closer.put(client.uid, conn)
 
     def _expire(self):
         now = time.monotonic()
