@@ -1344,29 +1344,41 @@ path, copies = sys.argv[1], int(sys.argv[2])
 listener = socket.socket()
 listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
 listener.bind(("127.0.0.1", 0))
-listener.listen(1)
-stuck = socket.socket()
-stuck.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-stuck.connect(listener.getsockname())
-stuck.setblocking(False)
-try:
-    while True:
-        stuck.send(b"x" * 4096)
-except BlockingIOError:
-    pass
-stuck.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, (1).to_bytes(4, "little") + (600).to_bytes(4, "little"))
-for fds in ([stuck.fileno()], [0, 1, 2] + [stuck.fileno()] * copies):
+listener.listen(4)
+
+
+def stuck_socket():
+    """Connected, its send queue full of data the peer never reads, SO_LINGER 600 s:
+    whoever drops the last reference blocks in close() until the linger ends."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    s.connect(listener.getsockname())
+    s.setblocking(False)
+    try:
+        while True:
+            s.send(b"x" * 4096)
+    except BlockingIOError:
+        pass
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, (1).to_bytes(4, "little") + (600).to_bytes(4, "little"))
+    return s
+
+
+for extra in ([], [0, 1, 2]):
+    stuck = stuck_socket()
+    fds = extra + [stuck.fileno()] * (copies if extra else 1)
     s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     s.settimeout(5)
     s.connect(path)
     s.sendmsg([b'{"v":2,"op":"ping"}'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                           b"".join(fd.to_bytes(4, "little") for fd in fds))])
+    # Our reference goes now (the message in flight holds one, so this does not
+    # block): the helper's becomes the last, and releasing it blocks.
+    stuck.close()
     try:
         s.recv(4096)
     except socket.timeout:
         pass            # a stalled helper: the login below will tell
     s.close()
-stuck.close()
 print("passed", flush=True)
 time.sleep(300)
 '''

@@ -10,7 +10,9 @@
 #                                      vagrant/ci/test-vm for debootstrap)
 #
 # What it sets up (see vagrant/README.md):
-#   - `make -C REPO install` (pam-vrf itself)
+#   - pam-vrf itself: its Debian package where one was put into
+#     /var/cache/pam-vrf-test (the CI image: vagrant/ci/test-vm builds it with
+#     `make deb`), else `make -C REPO install` (a Vagrant box)
 #   - the `vrf` module loaded at boot (modules-load.d)
 #   - a persistent management VRF `mgmt` (table 10) with systemd-networkd
 #   - a lab: veth-mgmt (in VRF mgmt) and veth-prod (default VRF), both
@@ -36,10 +38,11 @@ set -u
 # Runtime packages (the CI image adds the kernel/boot ones itself).
 # (bpftool: tests/vm counts loaded and attached BPF programs with it;
 # gcc libc6-dev libpam0g-dev: `make install` builds the C module pam_vrf.so;
-# cron, at: the VM tests check that their sessions are placed too.)
+# cron, at: the VM tests check that their sessions are placed too;
+# adduser: the package's postinst makes the helper's user with it.)
 PACKAGES="iproute2 openssh-server openssh-client libpam-python libpam-systemd pamtester
 python3 python3-pytest python3-pyroute2 kmod make procps iputils-ping netbase bpftool
-gcc libc6-dev libpam0g-dev cron at"
+gcc libc6-dev libpam0g-dev cron at adduser"
 
 if [ "${1:-}" = "--print-packages" ]; then
     echo $PACKAGES
@@ -89,8 +92,14 @@ else
 fi
 
 # --- pam-vrf itself -----------------------------------------------------
-log "make -C $REPO install"
-if [ -f "$REPO/Makefile" ]; then
+DEB=$(ls -1 /var/cache/pam-vrf-test/pam-vrf_*.deb 2>/dev/null | tail -n 1)
+if [ -n "$DEB" ]; then
+    # Its dependencies are in PACKAGES: nothing to download.
+    log "pam-vrf from its Debian package: $DEB"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$DEB" \
+        || fail "apt-get install $DEB"
+elif [ -f "$REPO/Makefile" ]; then
+    log "make -C $REPO install"
     make -C "$REPO" install || fail "make install (exit $?)"
 else
     fail "make install: $REPO/Makefile does not exist"

@@ -99,7 +99,8 @@ def test_the_pam_vrf_profile_places_sshd_su_cron_and_atd_sessions():
     assert line and line[0].split() == ["session", "[success=ok", "session_err=bad", "default=ignore]",
                                         "pam_vrf.so"], line
     # and the product's own audit of vrf.conf and the PAM stacks agrees
-    run("/usr/local/bin/pam-vrf", "check")
+    pam_vrf = "/usr/bin/pam-vrf" if os.path.exists("/usr/bin/pam-vrf") else "/usr/local/bin/pam-vrf"
+    run(pam_vrf, "check")
 
 
 BANNER = textwrap.dedent("""

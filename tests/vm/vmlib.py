@@ -39,8 +39,11 @@ RESPONDER = os.path.join(HERE, "vm_responder.py")
 KEY = "/etc/pam-vrf-test/id_ed25519"
 VRF, VRF_TABLE = "mgmt", 10
 VRF_CONF = "/etc/security/vrf.conf"
-PAM_VRF = "/usr/local/bin/pam-vrf"
-PAM_VRF_HELPER = "/usr/local/sbin/pam-vrf-helper"
+# The CI image installs the Debian package; a Vagrant box `make install`.
+PAM_VRF = next((p for p in ("/usr/bin/pam-vrf", "/usr/local/bin/pam-vrf") if os.path.exists(p)),
+               "/usr/bin/pam-vrf")
+PAM_VRF_HELPER = next((p for p in ("/usr/sbin/pam-vrf-helper", "/usr/local/sbin/pam-vrf-helper")
+                       if os.path.exists(p)), "/usr/sbin/pam-vrf-helper")
 HELPER_SERVICE = "pam-vrf-helper.service"
 # Stopped together: a socket left listening would start the service again.
 HELPER_UNITS = ("pam-vrf-helper.socket", "pam-vrf-helper-root.socket", HELPER_SERVICE)
