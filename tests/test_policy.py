@@ -798,3 +798,29 @@ def test_offline_decision_refuses_only_where_a_strict_rule_applies(vrf_conf, mon
     _failing_nss(monkeypatch)
     assert offline.decide("pvtbob", "sshd", config, why, log) == offline.REFUSE
     assert any("cannot decide rule" in m and "Input/output error" in m for _, m in log.lines)
+
+
+def test_indexed_decisions_equal_the_walk(nss_accounts, monkeypatch):
+    """Large policies are decided through an index (policy.INDEX_ABOVE): the
+    same first match as walking every line, for random policies mixing names,
+    '*', real and unknown groups and services= lists."""
+    import random
+    p = nss_accounts
+    rng = random.Random(8)
+    whos = [f"{p}a", f"{p}b", f"{p}c", "nobody", "*", f"@{p}g1", f"@{p}g2", f"@{p}g3", f"@{p}g4",
+            *(f"@{p}decoy{i}" for i in range(40))]
+    users = [f"{p}a", f"{p}b", f"{p}c", "nobody", "pvtnosuchuser"]
+    for round_ in range(12):
+        lines = []
+        for i in range(policy.INDEX_ABOVE + rng.randrange(50, 400)):
+            who = rng.choice(whos) if rng.random() < 0.97 else "*"
+            services = f" services={rng.choice(['sshd', 'login', 'sshd,cron'])}" if rng.random() < 0.4 else ""
+            lines.append(f"{who} vrf{i % 97}{services}")
+        rules = policy.parse("\n".join(lines) + "\n", "vrf.conf")
+        for user in users:
+            for service in ("sshd", "login", "cron", None, policy.ANY_SERVICE):
+                indexed = policy.decide(rules, user, service)
+                monkeypatch.setattr(policy, "INDEX_ABOVE", 10 ** 9)
+                walked = policy.decide(rules, user, service)
+                monkeypatch.setattr(policy, "INDEX_ABOVE", 256)
+                assert indexed == walked, (round_, user, service, indexed, walked)
