@@ -1,12 +1,14 @@
 """What every pam-vrf benchmark needs: a unique tag, a cleanup stack that
 also runs on Ctrl-C / SIGTERM, a sweep of what a killed earlier run left
 behind, commands, statistics, a network namespace with a veth target, a
-sandbox cgroup, throwaway users and groups, the helper as in production
-(non-root, ambient caps) and a syslog sink where the host has none.
+sandbox cgroup, throwaway users and groups, private NSS files for users
+in many groups, the helper as in production (non-root, ambient caps) and
+a syslog sink where the host has none.
 
 Every name carries the run's tag: pam.d files `bench-pvt<tag>*`, netns /
-users / groups `pvb<tag>*`, the cgroup `<mount>/pam-vrf-bench-<tag>`,
-the directory /tmp/pam-vrf-bench-<tag>. /run/pam-vrf-bench/<tag>.json
+users / groups `pvb<tag>*`, the cgroup `<mount>/pam-vrf-bench-<tag>` (and
+the same name under a cgroup v1 `cpu` mount, for the flood), the directory
+/tmp/pam-vrf-bench-<tag>. /run/pam-vrf-bench/<tag>.json
 records the run (pid, whether it made /dev/log) so the next run can sweep
 it if this one was killed with SIGKILL.
 """
@@ -14,8 +16,10 @@ it if this one was killed with SIGKILL.
 import contextlib
 import glob
 import json
+import math
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -77,6 +81,38 @@ def paired_ratio(samples, num, den):
 def spread(values):
     """'min–max' for notes."""
     return f"{min(values):.3g}–{max(values):.3g}" if values else "-"
+
+
+def percentile(values, p):
+    """The p-th percentile (0..100), nearest rank; nan for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), math.ceil(p / 100 * len(ordered))))
+    return ordered[rank - 1]
+
+
+def shuffled_rounds(names, rounds, seed=8):
+    """`rounds` orders of all `names`, each a fresh shuffle (fixed seed: the
+    same schedule every run), so no variant always follows the same one."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(rounds):
+        order = list(names)
+        rng.shuffle(order)
+        out.append(order)
+    return out
+
+
+def bootstrap_ci(values, stat=None, n=2000, seed=8):
+    """95 % percentile-bootstrap interval of stat(values) (default: the median)."""
+    stat = stat or median
+    if len(values) < 3:
+        return float("nan"), float("nan")
+    rng = random.Random(seed)
+    k = len(values)
+    draws = sorted(stat([values[rng.randrange(k)] for _ in range(k)]) for _ in range(n))
+    return draws[int(0.025 * n)], draws[int(0.975 * n) - 1]
 
 
 # -- cleanup --------------------------------------------------------------------
@@ -175,9 +211,9 @@ def sweep_tag(tag, record):
                 with contextlib.suppress(ProcessLookupError, ValueError):
                     os.kill(int(pid), signal.SIGKILL)
             sh("ip", "netns", "del", name, check=False)
-    mount = cgroup_mount()
-    if mount:
-        remove_cgroup_tree(os.path.join(mount, CGROUP_PREFIX + tag))
+    for mount in (cgroup_mount(), cpu_v1_mount()):
+        if mount:
+            remove_cgroup_tree(os.path.join(mount, CGROUP_PREFIX + tag))
     users = [p.pw_name for p in pwd.getpwall() if p.pw_name.startswith(stem)]
     for user in users:
         sh("userdel", "-f", user, check=False)
@@ -207,6 +243,31 @@ def cgroup_mount():
             fields = line.split()
             dash = fields.index("-")
             if fields[dash + 1] == "cgroup2":
+                return fields[4]
+    return None
+
+
+def kernel_state():
+    """The cgroup2 mount as /proc/self/mountinfo shows it, and whether
+    favordynmods is on (a super option; read only, never changed here)."""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            dash = fields.index("-")
+            if fields[dash + 1] == "cgroup2":
+                opts = fields[dash + 3].split(",") + fields[5].split(",")
+                return {"mount": fields[4], "mount_options": fields[5], "super_options": fields[dash + 3],
+                        "favordynmods": "favordynmods" in opts}
+    return {"mount": None, "mount_options": "", "super_options": "", "favordynmods": None}
+
+
+def cpu_v1_mount():
+    """Where the cgroup v1 `cpu` controller is mounted (hybrid hosts), or None."""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            dash = fields.index("-")
+            if fields[dash + 1] == "cgroup" and "cpu" in fields[dash + 3].split(","):
                 return fields[4]
     return None
 
@@ -255,6 +316,20 @@ def join_cgroup(path):
     return run
 
 
+def enter(cgroup_dir=None, user=None, also=()):
+    """A preexec_fn: join cgroup `cgroup_dir` (and the cgroup v1 directories
+    `also`) as root, then become `user` (a pwd entry)."""
+    def run():
+        for d in ([cgroup_dir] if cgroup_dir else []) + list(also):
+            with open(os.path.join(d, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+        if user:
+            os.setgroups([])
+            os.setgid(user.pw_gid)
+            os.setuid(user.pw_uid)
+    return run
+
+
 # -- the lab: netns + veth target + sandbox cgroup + helper ------------------------
 
 class Lab:
@@ -295,14 +370,16 @@ class Lab:
         os.chmod(path, mode)
         return path
 
-    def pam_service(self, suffix, session_line):
+    def pam_service(self, suffix, session_line=None):
+        """/etc/pam.d/bench-pvt<tag><suffix>: pam_permit everywhere, plus
+        `session_line` (none: a pam_permit.so-only stack)."""
         name = f"{PAM_PREFIX}{self.run.tag}{suffix}"
         path = f"/etc/pam.d/{name}"
         with open(path, "w") as f:
             f.write("auth     required  pam_permit.so\n"
                     "account  required  pam_permit.so\n"
                     "session  required  pam_permit.so\n"
-                    f"{session_line}\n")
+                    + (f"{session_line}\n" if session_line else ""))
         self.run.defer(_unlink, path)
         return name
 
@@ -322,6 +399,74 @@ def add_user(run, suffix, groups=()):
     return pwd.getpwnam(name)
 
 
+class PrivateNss:
+    """A user in many groups without touching the host's account files.
+
+    Processes started through wrap() run in a private mount namespace where
+    /etc is an overlay: the host's /etc below, and above it only `passwd`
+    and `group`: the host's files as they were at the last write(), plus the
+    bench's entries. NSS reads them with glibc's files backend, as on a real
+    host; the host (and other test runs on it) never sees the entries, and
+    no groupadd x1200 is needed. (A bind mount of the two files would not
+    do: useradd/groupadd elsewhere on the host replace /etc/passwd by
+    rename(), and the kernel then drops such mounts in other namespaces.)
+    """
+
+    FIRST_ID = 3_900_000            # far above anything useradd hands out
+
+    def __init__(self, run):
+        self.run = run
+        self.upper = os.path.join(run.dir, "nss-etc")
+        self.work = os.path.join(run.dir, "nss-work")
+        os.makedirs(self.upper, mode=0o755, exist_ok=True)
+        os.makedirs(self.work, mode=0o755, exist_ok=True)
+        self.passwd = os.path.join(self.upper, "passwd")
+        self.group = os.path.join(self.upper, "group")
+        self._users, self._groups = [], []
+        self._next = self.FIRST_ID
+
+    def add_group(self, name):
+        self._groups.append([name, self._next, []])
+        self._next += 1
+        return self._groups[-1]
+
+    def add_user(self, name, member_of=()):
+        primary = self.add_group(name)
+        self._users.append((name, self._next, primary[1]))
+        self._next += 1
+        wanted = set(member_of)
+        for g in self._groups:
+            if g[0] in wanted:
+                g[2].append(name)
+        return name
+
+    def write(self):
+        """The files: the host's as they are now, plus the bench's entries
+        (rewritten in place: running processes see the new content)."""
+        for path, original, lines in (
+                (self.passwd, "/etc/passwd", [f"{n}:x:{uid}:{gid}:bench:/nonexistent:/usr/sbin/nologin"
+                                              for n, uid, gid in self._users]),
+                (self.group, "/etc/group", [f"{n}:x:{gid}:{','.join(m)}" for n, gid, m in self._groups])):
+            with open(original) as f:
+                text = f.read()
+            with open(path, "w") as f:
+                f.write(text.rstrip("\n") + "\n" + "\n".join(lines) + "\n")
+            os.chmod(path, 0o644)
+
+    def lines(self):
+        with open(self.group) as f:
+            return sum(1 for _ in f)
+
+    def wrap(self, argv):
+        """argv run in a mount namespace with the overlay on /etc (the files
+        written afresh: users made since, e.g. a helper's, appear)."""
+        self.write()
+        script = ('mount -t overlay pvb-nss -o "lowerdir=/etc,upperdir=$1,workdir=$2" /etc && shift 2 '
+                  '&& exec "$@"')
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+                self.upper, self.work, *argv]
+
+
 def _del_user(name):
     sh("userdel", "-f", name, check=False)
     sh("groupdel", name, check=False)
@@ -334,14 +479,16 @@ class Helper:
 
     CAPS = "+bpf,+net_admin,+dac_override"
 
-    def __init__(self, lab, config, suffix="h", profile=None):
+    def __init__(self, lab, config, suffix="h", profile=None, wrap=None):
         self.lab = lab
+        self.wrap = wrap            # argv -> argv (e.g. PrivateNss.wrap)
         self.user = add_user(lab.run, suffix)
         self.workdir = os.path.join(lab.run.runtime_dir(), f"helper-{suffix}")
         os.mkdir(self.workdir)
         os.chown(self.workdir, self.user.pw_uid, self.user.pw_gid)
         os.chmod(self.workdir, 0o755)
         self.socket = os.path.join(self.workdir, "helper.sock")
+        self.root_socket = os.path.join(self.workdir, "root.sock")     # protocol.root_socket()
         self.config = config
         self.profile = profile and os.path.join(self.workdir, "helper.prof")
         self.lines = []
@@ -353,10 +500,11 @@ class Helper:
         cmd = [HELPER_BIN]
         if self.profile:
             cmd = [PY, "-m", "cProfile", "-o", self.profile, HELPER_BIN]
-        return self.lab.nsenter([
+        argv = self.lab.nsenter([
             "setpriv", "--reuid", str(self.user.pw_uid), "--regid", str(self.user.pw_gid),
             "--init-groups", "--inh-caps", self.CAPS, "--ambient-caps", self.CAPS,
             *cmd, "--socket", self.socket, "--config", self.config])
+        return self.wrap(argv) if self.wrap else argv
 
     def start(self):
         from pam_vrf import client
@@ -403,6 +551,18 @@ class Helper:
                 if left <= 0:
                     return None
                 self.cond.wait(left)
+
+    def cpu_seconds(self):
+        """user + system CPU time the helper process has used so far."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def schedstat(self):
+        """(s on a CPU, s runnable but waiting for one) so far (/proc/PID/schedstat)."""
+        with open(f"/proc/{self.proc.pid}/schedstat") as f:
+            run, wait = f.read().split()[:2]
+        return int(run) / 1e9, int(wait) / 1e9
 
     def memory(self):
         """{'VmHWM': kB, 'VmRSS': kB} of the helper process (the kernel's accounting)."""
@@ -454,6 +614,17 @@ class SyslogSink:
     def close(self):
         self.sock.close()
         _unlink("/dev/log")
+
+
+def host_load():
+    """(1-minute load average, ms for a fixed pure-Python loop of 10^6 additions
+    in Debian's python3): how busy and how fast this shared host was."""
+    with open("/proc/loadavg") as f:
+        load = float(f.read().split()[0])
+    code = ("import time\nt=time.perf_counter()\ns=0\nfor i in range(1000000): s+=i\n"
+            "print((time.perf_counter()-t)*1000)")
+    runs = sorted(float(sh(PY, "-c", code, cwd="/").stdout) for _ in range(3))
+    return load, runs[1]
 
 
 def machine():

@@ -1,8 +1,12 @@
 """P4 — the policy at scale: 10 000 rules, a user in 1 000 groups.
 
-Real NSS entries (files backend, as on most hosts): 1 000 groups the user
-is a member of and 200 it is not, made with groupadd / useradd -G and
-removed with userdel / groupdel afterwards (the bench times that too).
+NSS entries in the files backend, as on most hosts: 1 000 groups the
+user is a member of and 200 it is not, in copies of /etc/passwd and
+/etc/group that are bind-mounted over the originals in a private mount
+namespace for the processes measured here (bench_common.PrivateNss): glibc
+reads them as it reads the real files, and the host's own account files
+are never touched (groupadd x1200 took 8-55 s here, and other test runs
+on the same host would see the groups).
 
 The rule file (10 000 lines) is the first-match worst case for this user:
 9 999 lines that do not match, then the one that does:
@@ -11,31 +15,62 @@ The rule file (10 000 lines) is the first-match worst case for this user:
     3 333  `@MEMBER target services=other`      the user's groups, for other PAM services
         1  `@MEMBER_999 TARGET plain services=sshd`      <- the match
 A second file swaps the @NOTMEMBER lines for 1 000 distinct group names
-NSS does not know (a stale policy, or LDAP/SSSD without enumeration):
-each costs one getgrnam() on every login.
+NSS does not know (a stale policy, or LDAP/SSSD without enumeration).
 
-Measured in-process with Debian's python3 (the bench runs on it), the
-median of repeated calls; each decide() builds its group cache afresh,
-as a login does:
-    decide(rules, account)     the Account already looked up
-    decide(rules, user name)   including the NSS lookup policy.account()
-    account(user)              the NSS lookup alone
-    load(path)                 read + parse the 10 000-line file
+Since protocol v2 the helper keeps the parsed policy (PolicyCache: one
+stat() per request, a re-read only when the file changed), so what a
+login pays for the policy is the helper's decision per `open`:
+    PolicyCache.rules()      the stat() that finds the file unchanged
+    policy.account(user)     NSS: the user and its group list
+    policy.decide(...)       first match over the 10 000 rules
+    nss.user(user)           the uid look-up placement does after deciding
+measured in a python3 process (Debian's, the helper's interpreter) inside
+that mount namespace, median of repeated calls. Then the whole `open` round trip through two
+helpers side by side (shuffled interleaved rounds): one with the
+10 000-rule file, one with only the matching line. The client moves
+itself back to a base cgroup before each request (outside the timing),
+so the helper's move right after is back to back for the kernel (no
+grace-period wait in the figure): the difference is the policy's cost.
 """
 
+import json
 import os
+import subprocess
+import sys
+import textwrap
 import time
 
-from bench_common import median, say, sh
+from bench_common import PY, Helper, PrivateNss, bootstrap_ci, join_cgroup, median, say
 
 MEMBER_GROUPS = 1000
 OTHER_GROUPS = 200
 RULES = 10_000
 
-
-def _groupadd_all(run, names):
-    for name in names:
-        sh("groupadd", name)        # not --system: its GID range (< 1000) holds only ~900
+# Root, Debian's python3: argv user service rounds seed then NAME ROOT_SOCK BASE_CGROUP triples.
+# Prints {"NAME": [[ms, verdict], ...]}.
+OPEN_CLIENT = textwrap.dedent("""\
+    import json, os, random, sys, time
+    from pam_vrf import client, protocol
+    user, service, rounds, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    rest = sys.argv[5:]
+    targets = [rest[i:i + 3] for i in range(0, len(rest), 3)]
+    rng = random.Random(seed)
+    out = {t[0]: [] for t in targets}
+    me = str(os.getpid())
+    for r in range(rounds + 2):
+        rng.shuffle(targets)
+        for name, sock, base in targets:
+            with open(base + "/cgroup.procs", "w") as f:     # out again, as a new login would be
+                f.write(me)
+            time.sleep(0.002)
+            t0 = time.perf_counter_ns()
+            answer = client.request({"op": "open", "user": user, "service": service}, sock,
+                                    protocol.LOGIN_TIMEOUT)
+            ms = (time.perf_counter_ns() - t0) / 1e6
+            if r >= 2:                                          # two warm-up rounds
+                out[name].append([ms, answer.get("verdict") or answer.get("error"), answer.get("rule")])
+    print(json.dumps(out))
+""")
 
 
 def _write_rules(path, user, members, others, target, unknown=None):
@@ -61,6 +96,7 @@ def _write_rules(path, user, members, others, target, unknown=None):
 
 def _time(fn, n):
     out = []
+    value = None
     for _ in range(n):
         t0 = time.perf_counter_ns()
         value = fn()
@@ -68,7 +104,7 @@ def _time(fn, n):
     return out, value
 
 
-def _profile(fn, top=8):
+def _profile(fn, top=10):
     import cProfile
     import io
     import pstats
@@ -81,85 +117,120 @@ def _profile(fn, top=8):
     return out.getvalue()
 
 
-def _in_situ(lab, config, user, n=10):
-    """session.open_session with the 10 000-rule policy, the helper up: what a
-    login with such a policy pays (bench_login.DIRECT, with its phase breakdown)."""
-    import json
-    import subprocess
-    import bench_login
-    from bench_common import PY, Helper, join_cgroup
-    say(f"P4: open_session with the 10 000-rule policy (helper up), {n} placements")
-    helper = Helper(lab, config, suffix="k").start()
-    try:
-        proc = subprocess.run(lab.nsenter([PY, "-c", bench_login.DIRECT, user, "sshd", config, helper.socket,
-                                           lab.target, str(n), "0.03"]),
-                              capture_output=True, text=True, cwd="/", timeout=120,
-                              preexec_fn=join_cgroup(lab.cgroup("p4d")))
-    finally:
-        helper.stop()
-    if proc.returncode != 0:
-        raise RuntimeError(f"P4 in-situ run failed:\n{proc.stderr}")
-    d = json.loads(proc.stdout)
-    return {"open_ms": [v / 1e6 for v in d["total"]], "placed": d["placed"],
-            "phases_ms": {k: median(v) / 1e6 for k, v in d["phases"].items()}}
+def _decisions(paths, user, repeats):
+    """The helper's per-`open` decision, as Placement.open_session does it
+    before moving, for each policy file in `paths` ({variant: path}),
+    measured in interleaved rounds (wall clock, and this thread's CPU time)."""
+    import random
+    from pam_vrf import nss, policy
+    from pam_vrf.helper.policy_cache import PolicyCache
+    from pam_vrf.log import Logger
+    out = {}
+    caches = {}
+    for variant, path in paths.items():
+        caches[variant] = PolicyCache(path, Logger("pam-vrf-bench", path="/nonexistent"))
+        parse_ms, rules = _time(caches[variant].rules, 1)       # the first call parses
+        out[variant] = {"rules": len(rules), "parse_ms": parse_ms[0], "decision_ms": [], "cpu_ms": [],
+                        "stat_ms": [], "account_ms": [], "decide_ms": []}
 
+    def decision(cache):
+        rules = cache.rules()
+        account = policy.account(user)
+        rule = policy.decide(rules, account, "sshd")
+        nss.user(user)
+        return rule
 
-def bench(lab, repeats=30):
-    from pam_vrf import policy
-    run = lab.run
-    members = [run.name(f"g{i:04d}") for i in range(MEMBER_GROUPS)]
-    others = [run.name(f"o{i:03d}") for i in range(OTHER_GROUPS)]
-    user = run.name("m")
-    say(f"P4: groupadd {len(members) + len(others)} groups, useradd a member of {len(members)}")
-    t0 = time.monotonic()
-    # Cleanup: run.close() sweeps every pvb<tag>* user and group, even on Ctrl-C.
-    _groupadd_all(run, members + others)
-    t_groups = time.monotonic() - t0
-    t0 = time.monotonic()
-    sh("useradd", "--system", "--user-group", "--no-create-home", "--shell", "/bin/sh",
-       "-G", ",".join(members), user)
-    t_user = time.monotonic() - t0
-
-    acct = policy.account(user)
-    if len(acct.gids) != MEMBER_GROUPS + 1:
-        raise RuntimeError(f"NSS shows {len(acct.gids)} groups for {user}, expected {MEMBER_GROUPS + 1}")
-
-    out = {"setup_s": {"groupadd": t_groups, "useradd": t_user}, "groups": len(acct.gids)}
-    for variant, unknown in (("known", None), ("unknown", run.name("z"))):
-        path = os.path.join(run.dir, f"p4-{variant}.conf")
-        count = _write_rules(path, user, members, others, lab.target, unknown)
-        parse_ms, rules = _time(lambda: policy.load(path), 7)
-        if len(rules) != count:
-            raise RuntimeError(f"parsed {len(rules)} rules, wrote {count}")
-        say(f"P4: {variant} groups: decide() x {repeats}")
-        first_t0 = time.perf_counter_ns()
-        rule = policy.decide(rules, acct, "sshd")
-        first_ms = (time.perf_counter_ns() - first_t0) / 1e6
-        if rule is None or rule.line != count + 1 or rule.target != lab.target:
-            raise RuntimeError(f"wrong decision: {rule}")
-        n = repeats if variant == "known" else max(3, repeats // 6)
-        decide_ms, _ = _time(lambda: policy.decide(rules, acct, "sshd"), n)
-        full_ms, rule2 = _time(lambda: policy.decide(rules, user, "sshd"), n)
-        if rule2 != rule:
-            raise RuntimeError("decision by name differs from decision by Account")
-        out[variant + "_profile"] = _profile(lambda: policy.decide(rules, user, "sshd"))
-        out[variant] = {"rules": count, "parse_ms": parse_ms, "decide_ms": decide_ms,
-                        "decide_first_ms": first_ms, "decide_with_nss_ms": full_ms}
-    out["in_situ"] = _in_situ(lab, os.path.join(run.dir, "p4-known.conf"), user)
-    account_ms, _ = _time(lambda: policy.account(user), repeats)
-    out["account_ms"] = account_ms
-    out["etc_group_lines"] = sum(1 for _ in open("/etc/group"))
-
-    # Cleanup timed here (the sweep would do it anyway): it is part of the cost of this bench.
-    say("P4: userdel + groupdel")
-    t0 = time.monotonic()
-    sh("userdel", "-f", user, check=False)
-    sh("groupdel", user, check=False)
-    for name in members + others:
-        sh("groupdel", name, check=False)
-    out["setup_s"]["cleanup"] = time.monotonic() - t0
+    for variant, cache in caches.items():
+        first_ms, rule = _time(lambda: decision(cache), 1)
+        if rule is None or rule.line != out[variant]["rules"] + 1:
+            raise RuntimeError(f"wrong decision ({variant}): {rule}")
+        out[variant]["first_ms"] = first_ms[0]
+    account = policy.account(user)
+    rng = random.Random(4)
+    names = list(caches)
+    for _ in range(repeats):
+        rng.shuffle(names)
+        for variant in names:
+            cache, o = caches[variant], out[variant]
+            c0, t0 = time.thread_time_ns(), time.perf_counter_ns()
+            decision(cache)
+            t1, c1 = time.perf_counter_ns(), time.thread_time_ns()
+            o["decision_ms"].append((t1 - t0) / 1e6)
+            o["cpu_ms"].append((c1 - c0) / 1e6)
+            o["stat_ms"] += _time(cache.rules, 1)[0]
+            o["account_ms"] += _time(lambda: policy.account(user), 1)[0]
+            rules = cache.rules()
+            o["decide_ms"] += _time(lambda: policy.decide(rules, account, "sshd"), 1)[0]
+    for variant, cache in caches.items():
+        out[variant]["gids"] = len(account.gids)
+        out[variant]["profile"] = _profile(lambda: decision(cache))
     return out
 
 
-def summary(out):
-    return {k: median(v) if isinstance(v, list) else v for k, v in out.items()}
+def _round_trip(lab, nss, big, small, user, rounds):
+    """`open` through a helper with the 10 000-rule file and one with the
+    matching line only, side by side."""
+    say(f"P4: `open` round trips, 10 000-rule vs 1-rule policy, {rounds} shuffled rounds")
+    helpers = {"big": Helper(lab, big, suffix="k", wrap=nss.wrap).start(),
+               "small": Helper(lab, small, suffix="s", wrap=nss.wrap).start()}
+    args = []
+    for name, helper in helpers.items():
+        args += [name, helper.root_socket, lab.cgroup("p4", name)]
+    try:
+        proc = subprocess.run([PY, "-c", OPEN_CLIENT, user, "sshd", str(rounds), "8", *args],
+                              capture_output=True, text=True, cwd="/", timeout=300,
+                              preexec_fn=join_cgroup(lab.cgroup("p4", "start")))
+    finally:
+        for helper in helpers.values():
+            helper.stop()
+    if proc.returncode != 0:
+        raise RuntimeError(f"P4 round-trip client failed:\n{proc.stderr}")
+    res = json.loads(proc.stdout)
+    bad = {k: [v for v in vals if v[1] != "placed"] for k, vals in res.items()}
+    if any(bad.values()):
+        raise RuntimeError(f"P4: not every open placed the client: {bad}")
+    ms = {k: [v[0] for v in vals] for k, vals in res.items()}
+    diffs = [a - b for a, b in zip(ms["big"], ms["small"])]
+    return {"ms": ms, "diff_ms": median(diffs), "diff_ci": bootstrap_ci(diffs), "rounds": rounds}
+
+
+def _decisions_in_namespace(nss, paths, user, repeats):
+    """_decisions() in a python3 inside the private NSS namespace (this file, run as a script)."""
+    argv = [PY, "-B", os.path.abspath(__file__), "decisions", user, str(repeats)]
+    argv += [f"{variant}={path}" for variant, path in paths.items()]
+    proc = subprocess.run(nss.wrap(argv), capture_output=True, text=True, cwd="/", timeout=300)
+    if proc.returncode != 0:
+        raise RuntimeError(f"P4 decision run failed:\n{proc.stderr}")
+    return json.loads(proc.stdout)
+
+
+def bench(lab, repeats=30, rounds=40):
+    run = lab.run
+    nss = PrivateNss(run)
+    members = [nss.add_group(run.name(f"g{i:04d}"))[0] for i in range(MEMBER_GROUPS)]
+    others = [nss.add_group(run.name(f"o{i:03d}"))[0] for i in range(OTHER_GROUPS)]
+    user = nss.add_user(run.name("m"), member_of=members)
+    say(f"P4: private /etc/passwd + /etc/group: {len(members) + len(others)} groups, a user in {len(members)}")
+
+    nss.write()
+    out = {"etc_group_lines": nss.lines()}
+    paths, counts = {}, {}
+    for variant, unknown in (("known", None), ("unknown", run.name("z"))):
+        paths[variant] = os.path.join(run.dir, f"p4-{variant}.conf")
+        counts[variant] = _write_rules(paths[variant], user, members, others, lab.target, unknown)
+    say(f"P4: helper-side decision, known and unknown groups, {repeats} interleaved rounds")
+    out.update(_decisions_in_namespace(nss, paths, user, repeats))
+    for variant, count in counts.items():
+        if out[variant]["rules"] != count:
+            raise RuntimeError(f"parsed {out[variant]['rules']} rules, wrote {count}")
+    out["groups"] = out["known"]["gids"]
+    if out["groups"] != MEMBER_GROUPS + 1:
+        raise RuntimeError(f"NSS shows {out['groups']} groups for {user}, expected {MEMBER_GROUPS + 1}")
+    small = lab.write("p4-small.conf", f"# bench P4: the matching line alone\n"
+                                       f"@{members[-1]}  {lab.target}  plain services=sshd\n")
+    out["round_trip"] = _round_trip(lab, nss, os.path.join(run.dir, "p4-known.conf"), small, user, rounds)
+    return out
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["decisions"]:
+    print(json.dumps(_decisions(dict(a.split("=", 1) for a in sys.argv[4:]), sys.argv[2], int(sys.argv[3]))))

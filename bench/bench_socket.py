@@ -1,13 +1,15 @@
 """P3 — what the program costs every socket().
 
-Three long-lived worker processes inside the lab's netns, each in its own
-sandbox cgroup:
+Three sandbox cgroups:
     none    no program in the cgroup or above (an unplaced process)
     plain   the program of a `TARGET plain` rule (bind to the veth)
     deny5   the program of `TARGET plain deny=<5 items>`, none matching TCP
-Each sample is N x socket(AF_INET, SOCK_STREAM)+close in one worker;
-rounds run every worker once in rotating order, the figures are medians of
-per-round ratios against `none`. Done twice: a Python loop
+One long-lived worker process inside the lab's netns moves itself into
+each cgroup in turn (root: a write to cgroup.procs) and takes a sample
+there: N x socket(AF_INET, SOCK_STREAM)+close. The same process measures
+all three, so nothing about the process (its CPU, its memory layout)
+favours one variant; rounds run the three in a shuffled order, the
+figures are medians of per-round ratios against `none`. Done twice: a Python loop
 (socket.socket().close(): interpreter overhead dilutes the ratio) and a
 small C program (gcc -O2): the purer number.
 """
@@ -16,15 +18,20 @@ import os
 import subprocess
 import textwrap
 
-from bench_common import PY, REPO, interleaved, join_cgroup, median, paired_ratio, say, sh
+from bench_common import PY, REPO, join_cgroup, median, paired_ratio, say, sh, shuffled_rounds
 
 # Items a TCP socket must get past: 2 fail on family, 2 on type, 1 only on protocol.
 DENY5 = "inet6,raw,dgram,inet:seqpacket,inet:stream:sctp"
 
 PY_WORKER = textwrap.dedent("""\
-    import socket, sys, time
+    import os, socket, sys, time
     sock = socket.socket
     for line in sys.stdin:
+        if line.startswith("cg "):
+            with open(line[3:].strip() + "/cgroup.procs", "w") as f:
+                f.write(str(os.getpid()))
+            print("ok", flush=True)
+            continue
         if line.startswith("check"):
             s = sock(socket.AF_INET, socket.SOCK_STREAM)
             dev = s.getsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, 16).rstrip(b"\\0").decode() or "-"
@@ -47,6 +54,10 @@ class Worker:
     def __init__(self, argv, cgroup_dir):
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                      preexec_fn=join_cgroup(cgroup_dir), cwd="/")
+
+    def run_in(self, cgroup_dir, line):
+        self.ask(f"cg {cgroup_dir}")
+        return self.ask(line)
 
     def ask(self, line):
         self.proc.stdin.write(line + "\n")
@@ -85,17 +96,20 @@ def bench(lab, py_iters=200_000, c_iters=200_000, rounds=7):
 
     result = {"deny5": DENY5}
     for kind, argv, iters in (("C", [binary], c_iters), ("Python", [PY, "-c", PY_WORKER], py_iters)):
-        workers = {k: Worker(lab.nsenter(argv), d) for k, d in dirs.items()}
+        worker = Worker(lab.nsenter(argv), dirs["none"])
         try:
-            checks = {k: w.ask("check") for k, w in workers.items()}
+            checks = {k: worker.run_in(d, "check") for k, d in dirs.items()}
             expect = {"none": "- 0", "plain": f"{lab.target} 0", "deny5": f"{lab.target} 1"}
             if checks != expect:
                 raise RuntimeError(f"P3 {kind}: the programs are not what they should be: {checks} != {expect}")
-            say(f"P3: {kind} loop, {rounds} rounds x 3 cgroups x {iters} socket()+close()")
-            samples = interleaved(workers, rounds, lambda k: int(workers[k].ask(str(iters))) / iters)
+            say(f"P3: {kind} loop, {rounds} rounds x 3 cgroups x {iters} socket()+close(), one process")
+            samples = {k: [] for k in dirs}
+            for order in shuffled_rounds(dirs, rounds + 1, seed=5):
+                for k in order:
+                    samples[k].append(int(worker.run_in(dirs[k], str(iters))) / iters)
+            samples = {k: v[1:] for k, v in samples.items()}          # the first round warms up
         finally:
-            for w in workers.values():
-                w.close()
+            worker.close()
         result[kind] = {
             "iters": iters, "rounds": rounds, "checks": checks,
             "ns_per_op": {k: median(v) for k, v in samples.items()},

@@ -1,0 +1,274 @@
+"""Flood — root `open` requests while an unprivileged user floods the helper.
+
+One helper (non-root, ambient caps, lab netns) with a policy-heavy vrf.conf:
+10 000 decoy lines naming other users, then the login user's rule and the
+flooding user's `exec=` grant (so the flood's `place` requests are decided
+against all 10 000 lines and then carried out).
+
+Root side: 20 client processes (root, Debian's python3, each in its own
+base cgroup), driven in bursts: all 20 move back to their base cgroup,
+then send `open` on root.sock at the same instant; each records its round
+trip (perf_counter around client.request). A burst every ~0.1 s.
+
+Flood: 32 processes of one unprivileged user on the public socket, 8 of
+each kind, looping as fast as the helper lets them:
+    churn     connect + close
+    hold      connect and keep up to 64 connections open (never send)
+    garbage   connect + 512 random bytes + read the answer
+    place     a valid `place` request for the user's exec= VRF (with pidfd)
+
+Three conditions, in rounds of shuffled order: quiet; flood; and the same
+flood with the flooding user's processes in a CPU cgroup of their own
+(cgroup v1 `cpu` here, default shares: together they weigh as much as one
+process), which is what systemd's user-UID.slice does on a cgroup-v2 host.
+On this host nothing separates users' CPU time otherwise: 32 busy
+processes get 32 shares of 2 cores and the helper one. The flood is
+started fresh for each flood phase, given 1 s to ramp up, and killed after;
+the next phase starts 1.2 s after, when the helper has dropped every held
+connection. Reported: p50/p99/max of the root round trips per condition,
+the helper's CPU use (utime+stime / wall) during each, and what the flood
+got (answers, "busy" refusals, errors).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import textwrap
+import time
+
+from bench_common import (CGROUP_PREFIX, PY, Helper, add_user, cpu_v1_mount, enter, median, percentile, say,
+                          shuffled_rounds)
+
+CLIENTS = 20
+FLOODERS = {"churn": 8, "hold": 8, "garbage": 8, "place": 8}
+
+# Root driver: argv ROOT_SOCK USER SERVICE BASE_DIR N. Forks N clients; each
+# stdin line "burst K" runs K bursts and prints a JSON list of [ms, verdict].
+DRIVER = textwrap.dedent("""\
+    import json, os, struct, sys, time
+    sock, user, service, base, n = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+    from pam_vrf import client, protocol
+    results_r, results_w = os.pipe()
+    kids = []
+    for i in range(n):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(w); os.close(results_r)
+            home = os.path.join(base, f"c{i}")
+            me = str(os.getpid())
+            while True:
+                data = os.read(r, 8)
+                if len(data) < 8:
+                    os._exit(0)
+                go = struct.unpack("d", data)[0]
+                with open(home + "/cgroup.procs", "w") as f:      # a new login: not placed yet
+                    f.write(me)
+                time.sleep(max(0.0, go - time.monotonic()))
+                t0 = time.perf_counter_ns()
+                try:
+                    answer = client.request({"op": "open", "user": user, "service": service}, sock,
+                                            protocol.LOGIN_TIMEOUT)
+                    verdict = answer.get("verdict") or answer.get("error") or "?"
+                except client.HelperError as e:
+                    verdict = f"error: {e}"
+                ms = (time.perf_counter_ns() - t0) / 1e6
+                line = json.dumps([ms, verdict[:200]]).encode() + b"\\n"
+                os.write(results_w, line)
+        os.close(r)
+        kids.append((pid, w))
+    os.close(results_w)
+    results = os.fdopen(results_r)
+    for line in sys.stdin:
+        bursts = int(line.split()[1])
+        out = []
+        for b in range(bursts):
+            go = struct.pack("d", time.monotonic() + 0.03)
+            for _, w in kids:
+                os.write(w, go)
+            for _ in kids:
+                out.append(json.loads(results.readline()))
+            time.sleep(0.07)
+        print(json.dumps(out), flush=True)
+    for pid, w in kids:
+        os.close(w)
+    for pid, _ in kids:
+        os.waitpid(pid, 0)
+""")
+
+# Unprivileged flooder: argv SOCKET KIND VRF. Stops on SIGTERM and prints its counts.
+FLOODER = textwrap.dedent("""\
+    import json, os, signal, socket, sys
+    path, kind, vrf = sys.argv[1], sys.argv[2], sys.argv[3]
+    stop = False
+    def on_term(signum, frame):
+        global stop
+        stop = True
+    signal.signal(signal.SIGTERM, on_term)
+    counts = {"connects": 0, "answers": 0, "busy": 0, "errors": 0}
+    held = []
+    request = b'{"v":2,"op":"place","vrf":"%s"}' % vrf.encode()
+    print("flooding", flush=True)
+    while not stop:
+        try:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            s.settimeout(1)
+            s.connect(path)
+            counts["connects"] += 1
+            if kind == "hold":
+                held.append(s)
+                if len(held) > 64:
+                    held.pop(0).close()
+                continue
+            if kind == "garbage":
+                s.send(os.urandom(512))
+            elif kind == "place":
+                fd = os.pidfd_open(os.getpid())
+                s.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fd.to_bytes(4, sys.byteorder))])
+                os.close(fd)
+            if kind != "churn":
+                answer = s.recv(4096)
+                counts["busy" if b"busy" in answer else "answers"] += 1
+            s.close()
+        except OSError:
+            counts["errors"] += 1
+    print(json.dumps(counts), flush=True)
+""")
+
+
+class Flood:
+    def __init__(self, lab, helper, user, script, cgroup_dir, cpu_dir=None):
+        self.procs = []
+        for kind, count in FLOODERS.items():
+            for _ in range(count):
+                p = subprocess.Popen([PY, script, helper.socket, kind, lab.target], stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True, cwd="/",
+                                     preexec_fn=enter(cgroup_dir, user, also=[cpu_dir] if cpu_dir else []))
+                self.procs.append((kind, p))
+        for kind, p in self.procs:
+            if p.stdout.readline().strip() != "flooding":
+                raise RuntimeError(f"flooder {kind} did not start")
+
+    def stop(self):
+        """Counts per kind; every flooder gone afterwards."""
+        counts = {}
+        for _, p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for kind, p in self.procs:
+            try:
+                out, _ = p.communicate(timeout=5)
+                c = json.loads(out.strip().splitlines()[-1])
+            except (subprocess.TimeoutExpired, ValueError, IndexError):
+                p.kill()
+                p.wait()
+                c = {"unfinished": 1}
+            total = counts.setdefault(kind, {})
+            for k, v in c.items():
+                total[k] = total.get(k, 0) + v
+        self.procs = []
+        return counts
+
+
+def _cpu_group(run):
+    """A cgroup v1 `cpu` directory for the flooding user's processes, or None."""
+    mount = cpu_v1_mount()
+    if not mount:
+        return None
+    top = os.path.join(mount, CGROUP_PREFIX + run.tag)
+    os.makedirs(os.path.join(top, "flood"), exist_ok=True)
+    from bench_common import remove_cgroup_tree
+    run.defer(remove_cgroup_tree, top)
+    return os.path.join(top, "flood")
+
+
+CONDITIONS = ("quiet", "flood", "confined")
+
+
+def bench(lab, phases=3, bursts=5):
+    run = lab.run
+    login = add_user(run, "c")
+    flooder = add_user(run, "f")
+    decoys = "".join(f"{run.name('d')}{i} {lab.target} plain\n" for i in range(10_000))
+    config = lab.write("flood-vrf.conf", "# bench flood: 10 000 decoys, then the real rules\n" + decoys
+                       + f"{login.pw_name}  {lab.target}  plain\n"
+                       + f"{flooder.pw_name}  -  exec={lab.target} plain\n")
+    helper = Helper(lab, config, suffix="F").start()
+    base = lab.cgroup("flood", "root")
+    for i in range(CLIENTS):
+        lab.cgroup("flood", "root", f"c{i}")
+    script = lab.write("flooder.py", FLOODER)
+    flood_cgroup = lab.cgroup("flood", "user")
+    cpu_dir = _cpu_group(run)
+    conditions = CONDITIONS if cpu_dir else CONDITIONS[:2]
+    driver = subprocess.Popen([PY, "-c", DRIVER, helper.root_socket, login.pw_name, "sshd", base, str(CLIENTS)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/",
+                              preexec_fn=enter(lab.cgroup("flood", "driver")))
+    active = []
+
+    def close():
+        for f in active:
+            f.stop()
+        active.clear()
+        if driver.poll() is None:
+            driver.stdin.close()
+            try:
+                driver.wait(10)
+            except subprocess.TimeoutExpired:
+                driver.kill()
+                driver.wait()
+    run.defer(close)
+
+    def burst(k):
+        driver.stdin.write(f"burst {k}\n")
+        driver.stdin.flush()
+        line = driver.stdout.readline()
+        if not line:
+            raise RuntimeError("flood driver died")
+        return json.loads(line)
+
+    burst(2)                                        # warm-up: cgroups made, programs attached
+    samples = {c: [] for c in conditions}
+    cpu = {c: [] for c in conditions}
+    counts = {c: [] for c in conditions}
+    mem = []
+    for ph, order in enumerate(shuffled_rounds(conditions, phases, seed=3)):
+        for cond in order:
+            say(f"P-flood: round {ph + 1}/{phases}, {cond}: {bursts} bursts of {CLIENTS} root opens")
+            flood = None
+            if cond != "quiet":
+                flood = Flood(lab, helper, flooder, script, flood_cgroup, cpu_dir if cond == "confined" else None)
+                active.append(flood)
+                time.sleep(1.0)
+            (r0, w0), t0 = helper.schedstat(), time.monotonic()
+            samples[cond] += burst(bursts)
+            (r1, w1), wall = helper.schedstat(), time.monotonic() - t0
+            cpu[cond].append(((r1 - r0) / wall, (w1 - w0) / wall))
+            if flood:
+                mem.append(helper.memory())
+                counts[cond].append(flood.stop())
+                active.remove(flood)
+                time.sleep(1.2)                     # held connections expire (1 s) before the next phase
+    close()
+    if not helper.proc or helper.proc.poll() is not None:
+        raise RuntimeError("the helper died under the flood:\n" + helper.output()[-2000:])
+    busy_lines = helper.count("refusing a connection")
+    helper.stop()
+
+    out = {"clients": CLIENTS, "phases": phases, "bursts": bursts, "flooders": FLOODERS,
+           "busy_log_lines": busy_lines, "mem": mem, "conditions": conditions}
+    for cond, vals in samples.items():
+        ms = [v[0] for v in vals]
+        total = {}
+        for c in counts[cond]:
+            for kind, d in c.items():
+                t = total.setdefault(kind, {})
+                for k, v in d.items():
+                    t[k] = t.get(k, 0) + v
+        out[cond] = {"n": len(ms), "p50": median(ms), "p99": percentile(ms, 99), "max": max(ms),
+                     "not_placed": [v for v in vals if v[1] != "placed"][:5],
+                     "placed": sum(1 for v in vals if v[1] == "placed"),
+                     "helper_cpu": median([c[0] for c in cpu[cond]]),
+                     "helper_wait": median([c[1] for c in cpu[cond]]), "flood_counts": total}
+    return out
