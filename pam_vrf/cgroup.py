@@ -9,6 +9,7 @@ tools see and respect each other's placements. Stdlib only.
 
 import errno
 import os
+from collections import namedtuple
 
 # Where iproute2 mounts a cgroup2 file system when the host has none.
 FALLBACK_MOUNT = "/var/run/cgroup2"
@@ -27,8 +28,13 @@ def _unescape(field):
             .replace("\\012", "\n").replace("\\134", "\\"))
 
 
-def find_mount(mountinfo="/proc/self/mountinfo"):
-    """(mount point, root within the hierarchy) of the first cgroup2 mount, or None."""
+# One line of /proc/PID/mountinfo: file system type, mount point and root
+# within it (unescaped), and the mount plus super block options.
+Mount = namedtuple("Mount", ["fstype", "point", "root", "options"])
+
+
+def mounts(mountinfo="/proc/self/mountinfo"):
+    """Yield a Mount for every line of a mountinfo file."""
     with open(mountinfo) as f:
         for line in f:
             fields = line.split()
@@ -36,8 +42,19 @@ def find_mount(mountinfo="/proc/self/mountinfo"):
                 dash = fields.index("-")
             except ValueError:
                 continue
-            if dash + 1 < len(fields) and fields[dash + 1] == "cgroup2":
-                return _unescape(fields[4]), _unescape(fields[3])
+            if dash + 1 >= len(fields):
+                continue
+            options = set(fields[5].split(","))
+            if dash + 3 < len(fields):
+                options |= set(fields[dash + 3].split(","))
+            yield Mount(fields[dash + 1], _unescape(fields[4]), _unescape(fields[3]), frozenset(options))
+
+
+def find_mount(mountinfo="/proc/self/mountinfo"):
+    """(mount point, root within the hierarchy) of the first cgroup2 mount, or None."""
+    for mount in mounts(mountinfo):
+        if mount.fstype == "cgroup2":
+            return mount.point, mount.root
     return None
 
 

@@ -126,21 +126,10 @@ def _vrf_driver(findings, rules, devices, sys_module="/sys/module"):
 def v1_net_mounts(mountinfo="/proc/self/mountinfo"):
     """[(mount point, 'net_cls'|'net_prio'|'net_cls,net_prio')] of cgroup v1 hierarchies."""
     found = []
-    with open(mountinfo) as f:
-        for line in f:
-            fields = line.split()
-            try:
-                dash = fields.index("-")
-            except ValueError:
-                continue
-            if dash + 1 >= len(fields) or fields[dash + 1] != "cgroup":
-                continue
-            options = set(fields[5].split(","))
-            if dash + 3 < len(fields):
-                options |= set(fields[dash + 3].split(","))
-            names = [n for n in ("net_cls", "net_prio") if n in options]
-            if names:
-                found.append((cgroup._unescape(fields[4]), ",".join(names)))
+    for mount in cgroup.mounts(mountinfo):
+        names = [n for n in ("net_cls", "net_prio") if n in mount.options]
+        if mount.fstype == "cgroup" and names:
+            found.append((mount.point, ",".join(names)))
     return found
 
 
