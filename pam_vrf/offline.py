@@ -17,13 +17,12 @@ from pam_vrf import policy
 from pam_vrf.log import Logger
 
 PROCEED, REFUSE = True, False
-MANAGER_SERVICE = "systemd-user"        # as helper.placement.MANAGER_SERVICE
 
 
 def decide(user, service, config, reason, log):
     """PROCEED or REFUSE for a session the helper could not handle. Never raises."""
     who = f"user {user} (service {service or '-'})"
-    if service == MANAGER_SERVICE:
+    if service == policy.MANAGER_SERVICE:
         return PROCEED      # the user's systemd manager: the helper leaves it alone too
     try:
         try:

@@ -28,10 +28,11 @@ and, as warnings, missing include files, include cycles and lines libpam cannot 
 import os
 from collections import namedtuple
 
+from pam_vrf.policy import MANAGER_SERVICE
+
 PAM_DIR = "/etc/pam.d"
 VENDOR_PAM_DIR = "/usr/lib/pam.d"
 PAM_TYPES = ("auth", "account", "password", "session")
-MANAGER_SERVICE = "systemd-user"
 
 # Services that setuid-root PAM clients run on Debian 12, with the PAM types they call
 # (found with `find / -perm -4000`, the bookworm packages, and the pam_* calls each binary

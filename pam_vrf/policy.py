@@ -30,6 +30,10 @@ DEFAULT_CONFIG = "/etc/security/vrf.conf"
 DEFAULT_VRF = "default"
 LEAVE_ALONE = "-"
 
+# The PAM session that starts a user's `systemd --user` (user@UID.service): never
+# placed (its cgroup tree is the user's; the manager is bound when a login is).
+MANAGER_SERVICE = "systemd-user"
+
 _DEC, _HEX = frozenset("0123456789"), frozenset("0123456789abcdefABCDEF")
 _U32_MAX = 0xFFFFFFFF
 _FLAGS = ("strict", "plain")

@@ -17,7 +17,6 @@ target that dies between our last liveness check and the write could have
 its pid reused in that window (microseconds; see pam-vrf-helper(8)).
 """
 
-import os
 import signal
 from collections import namedtuple
 
@@ -93,11 +92,3 @@ def check(process):
     """Raise ProcessError unless the pinned process still exists."""
     if not alive(process.pidfd):
         raise ProcessError(f"process {process.pid} has exited")
-
-
-def own_pidfd():
-    """A pidfd of this process, to send with a request (None if the kernel has none)."""
-    try:
-        return os.pidfd_open(os.getpid())
-    except (OSError, AttributeError):
-        return None

@@ -25,7 +25,6 @@ from pam_vrf.helper.policy_cache import Unavailable
 # is a program attachment the helper keeps track of), whoever made them.
 MAX_CGROUPS_PER_UID = 32
 BIND_ONLY = {"deny": [], "mark": None, "priority": None, "plain": False}
-MANAGER_SERVICE = "systemd-user"        # the PAM service of user@UID.service
 
 
 class PlacementError(Exception):
@@ -47,7 +46,7 @@ class Placement:
     def open_session(self, proc, user, service):
         """Decide and place a login's PAM caller; returns the reply (a verdict)."""
         who = f"user {user} (service {service or '-'})"
-        if service == MANAGER_SERVICE:
+        if service == policy.MANAGER_SERVICE:
             # The session that starts `systemd --user`: its cgroup is the tree systemd
             # delegates to the user, so it is not moved; what the manager starts is
             # bound to the VRF when a login of the user is placed (_bind_manager).
