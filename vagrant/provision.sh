@@ -39,10 +39,15 @@ set -u
 # (bpftool: tests/vm counts loaded and attached BPF programs with it;
 # gcc libc6-dev libpam0g-dev: `make install` builds the C module pam_vrf.so;
 # cron, at: the VM tests check that their sessions are placed too;
-# adduser: the package's postinst makes the helper's user with it.)
+# adduser: the package's postinst makes the helper's user with it;
+# python3-bpfcc: pam-vrf trace and the C/bcc program equivalence test;
+# dnsmasq-base apt-utils curl systemd-resolved libnss-resolve: names and apt
+# from a placed session (a DNS server and an apt repository behind the mgmt
+# peer; both resolver set-ups a Debian host has).)
 PACKAGES="iproute2 openssh-server openssh-client libpam-python libpam-systemd pamtester
 python3 python3-pytest python3-pyroute2 kmod make procps iputils-ping netbase bpftool
-gcc libc6-dev libpam0g-dev cron at adduser"
+gcc libc6-dev libpam0g-dev cron at adduser python3-bpfcc
+dnsmasq-base apt-utils curl systemd-resolved libnss-resolve"
 
 if [ "${1:-}" = "--print-packages" ]; then
     echo $PACKAGES
