@@ -322,3 +322,26 @@ def test_move_errors_are_clear(sandbox_cgroup):
         cgroup.move(2 ** 22 + 12345, sandbox_cgroup)
     with pytest.raises(cgroup.CgroupError, match="no such cgroup"):
         cgroup.move(os.getpid(), f"{sandbox_cgroup}/missing")
+
+
+def test_the_cached_cgroup2_mount_follows_mount_table_changes(tmp_path):
+    """The helper caches its cgroup2 mount; a change of the mount table (here:
+    the mount gone, then another in its place, in a private mount namespace)
+    must be seen at the next look-up, never a stale directory."""
+    code = textwrap.dedent(f"""
+        import json, subprocess, sys
+        sys.path.insert(0, {REPO!r})
+        from pam_vrf import cgroup
+        seen = [cgroup.find_mount(), cgroup.find_mount()]
+        for point in [m.point for m in cgroup.mounts() if m.fstype == "cgroup2"]:
+            subprocess.run(["umount", "-l", point], check=True)
+        seen.append(cgroup.find_mount())
+        subprocess.run(["mount", "-t", "cgroup2", "none", {str(tmp_path)!r}], check=True)
+        seen.append(cgroup.find_mount())
+        print(json.dumps(seen))
+    """)
+    out = sh("unshare", "--mount", "--propagation", "private", PY, "-c", code).stdout
+    first, again, gone, new = json.loads(out)
+    assert first == again and first == list(cgroup.find_mount("/proc/self/mountinfo"))
+    assert gone is None
+    assert new == [str(tmp_path), "/"]
