@@ -87,14 +87,23 @@ AGENT = textwrap.dedent(r'''
             try:
                 s.sendmsg([data], anc)
             except OSError as e:
-                return {"send_error": errno.errorcode[e.errno]}
+                # A connection the helper refuses at accept (root.sock for
+                # non-root) is answered and closed at once: the answer may
+                # already wait when our send meets the closed end.
+                try:
+                    raw = s.recv(1 << 17, socket.MSG_DONTWAIT)
+                except OSError:
+                    raw = b""
+                if not raw:
+                    return {"send_error": errno.errorcode[e.errno]}
+            else:
+                try:
+                    raw = s.recv(1 << 17)
+                except OSError as e:
+                    return {"recv_error": errno.errorcode[e.errno]}
             finally:
                 for fd in fds:
                     os.close(fd)
-            try:
-                raw = s.recv(1 << 17)
-            except OSError as e:
-                return {"recv_error": errno.errorcode[e.errno]}
         text = raw.decode("utf-8", "replace")
         return {"raw": text, "reply": parse(raw) if raw else None}
 
