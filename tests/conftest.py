@@ -1,66 +1,32 @@
 """Shared fixtures: network namespaces, a sandbox cgroup, throwaway users,
 and a way to run a small Python program inside a cgroup / netns / user.
+They are thin pytest wrappers around testlab (the repository's lab kit,
+shared with the benchmarks, the demo and the VM tests). At the end of the
+session the host is compared with its state at the start: anything the run
+left behind fails it (pytest_sessionfinish below).
 
 Everything a test creates carries a unique name and is removed in the
 fixture's teardown, also when the test fails. Nothing touches the host's
 own interfaces, users or PAM/sshd configuration.
 """
 
-import ctypes
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-import time
-import uuid
 
 import pytest
 
 from pam_vrf import cgroup
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Debian's interpreter: other users cannot execute pyenv's (under /root).
-PY = "/usr/bin/python3"
-CLONE_NEWNET = 0x40000000
-
-
-def sh(*argv, check=True, **kw):
-    """Run a command; on failure show what it printed."""
-    proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True, **kw)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, argv))} -> {proc.returncode}\n{proc.stdout}{proc.stderr}")
-    return proc
-
-
-def uid_tag():
-    """A short unique tag: names must fit in 15 characters (IFNAMSIZ)."""
-    return uuid.uuid4().hex[:6]
-
-
-def _enter(netns=None, cgroup_dir=None, user=None):
-    """A preexec_fn: join the cgroup (as root), then the netns, then drop to `user`."""
-    def run():
-        if cgroup_dir:
-            with open(os.path.join(cgroup_dir, "cgroup.procs"), "w") as f:
-                f.write(str(os.getpid()))
-        if netns:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
-            if libc.setns(fd, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns")
-            os.close(fd)
-        if user:
-            os.setgroups([])
-            os.setgid(user.pw_gid)
-            os.setuid(user.pw_uid)
-    return run
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import testlab  # noqa: E402  (the repository's lab kit: see testlab/__init__.py)
+from testlab import PY, REPO, remove_cgroup_tree, sh, uid_tag  # noqa: E402,F401  (the tests import them from here)
 
 
 def spawn(argv, netns=None, cgroup_dir=None, user=None, **kw):
-    return subprocess.Popen(argv, preexec_fn=_enter(netns, cgroup_dir, user), **kw)
+    return subprocess.Popen(argv, preexec_fn=testlab.enter(cgroup_dir, netns, user), **kw)
 
 
 def run_py(code, netns=None, cgroup_dir=None, user=None, args=(), env=None, timeout=30):
@@ -80,48 +46,12 @@ def netns():
 
     def make(tag=""):
         name = f"pvt-{uid_tag()}{tag}"
-        sh("ip", "netns", "add", name)
         made.append(name)
-        sh("ip", "-n", name, "link", "set", "lo", "up")
-        return name
+        return testlab.add_netns(name)
 
     yield make
     for name in made:
-        for pid in sh("ip", "netns", "pids", name, check=False).stdout.split():
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
-        sh("ip", "netns", "del", name, check=False)
-
-
-def _kill_members(path):
-    for _ in range(50):
-        pids = [pid for d, _, _ in os.walk(path) for pid in cgroup.members(d)]
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.05)
-
-
-def remove_cgroup_tree(path):
-    """Kill what is left inside, then remove the directories, children first."""
-    if not os.path.isdir(path):
-        return
-    _kill_members(path)
-    for here, dirs, _ in sorted(os.walk(path), key=lambda w: -w[0].count("/")):
-        for _ in range(40):
-            try:
-                os.rmdir(here)
-                break
-            except FileNotFoundError:
-                break
-            except OSError:
-                time.sleep(0.05)     # a killed process is leaving the cgroup
+        testlab.remove_netns(name)
 
 
 @pytest.fixture
@@ -138,29 +68,23 @@ def sandbox_cgroup():
 @pytest.fixture
 def throwaway_user():
     """A factory of throwaway system users (no home), deleted afterwards."""
-    import pwd
     made = []
 
     def make(groups=()):
         name = f"pvt{uid_tag()}"
-        sh("useradd", "--system", "--user-group", "--no-create-home", "--shell", "/bin/sh", name)
         made.append(name)
-        for group in groups:
-            sh("usermod", "-aG", group, name)
-        return pwd.getpwnam(name)
+        return testlab.add_user(name, groups)
 
     yield make
     for name in made:
-        sh("userdel", "-f", name, check=False)
-        sh("groupdel", name, check=False)
+        testlab.remove_user(name)
 
 
 @pytest.fixture(scope="session")
 def public_repo():
     """A copy of the package that other users can import (the checkout may sit
     below a directory only root can enter)."""
-    where = tempfile.mkdtemp(prefix="pam-vrf-pkg-")
-    os.chmod(where, 0o755)
+    where = testlab.public_dir("pam-vrf-pkg-")
     shutil.copytree(os.path.join(REPO, "pam_vrf"), os.path.join(where, "pam_vrf"),
                     ignore=shutil.ignore_patterns("__pycache__"))
     for d, dirs, files in os.walk(where):
@@ -196,88 +120,18 @@ def installed():
         sh("make", "-C", REPO, "uninstall", check=False)
 
 
-class SyslogSink:
-    """A syslog receiver for the processes under test.
-
-    It listens in a directory of its own; wrap() runs a command in a private
-    mount namespace where that socket is bind-mounted over /dev/log, so the
-    host's syslog is left alone and several test runs can share a machine.
-    A bind mount needs something at /dev/log: where there is nothing (CI has
-    no syslog daemon), an empty regular file is left there for good (removing
-    it would detach other runs' mounts).
-    """
-
-    def __init__(self):
-        import socket
-        import threading
-        if not os.path.lexists("/dev/log"):
-            try:
-                os.close(os.open("/dev/log", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
-            except FileExistsError:
-                pass
-        self.dir = tempfile.mkdtemp(prefix="pam-vrf-syslog-")
-        os.chmod(self.dir, 0o755)
-        self.path = os.path.join(self.dir, "log")
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.path)
-        os.chmod(self.path, 0o666)
-        self.lines = []
-        self.cond = threading.Condition()
-        threading.Thread(target=self._receive, daemon=True).start()
-
-    def _receive(self):
-        while True:
-            try:
-                data = self.sock.recv(65536)
-            except OSError:
-                return
-            with self.cond:
-                self.lines.append(data.decode(errors="replace"))
-                self.cond.notify_all()
-
-    def wrap(self, argv):
-        # (Re)create the mount point: another run on this machine may have removed it.
-        script = '[ -e /dev/log ] || : >> /dev/log; mount --bind "$0" /dev/log && exec "$@"'
-        return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, self.path, *argv]
-
-    def mark(self):
-        with self.cond:
-            return len(self.lines)
-
-    def since(self, mark):
-        with self.cond:
-            return self.lines[mark:]
-
-    def wait_for(self, needle, mark=0, timeout=10):
-        """The first line since `mark` containing every given string."""
-        needles = [needle] if isinstance(needle, str) else list(needle)
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while True:
-                for line in self.lines[mark:]:
-                    if all(n in line for n in needles):
-                        return line
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"no syslog line with {needles}; got:\n" + "\n".join(self.lines[mark:]))
-                self.cond.wait(left)
-
-    def close(self):
-        self.sock.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 @pytest.fixture(scope="session")
 def syslog():
-    sink = SyslogSink()
+    sink = testlab.SyslogSink()
     yield sink
     sink.close()
 
 
 class Helper:
-    """pam-vrf-helper as in production: a non-root user with ambient caps only."""
+    """pam-vrf-helper as in production: a non-root user with ambient caps only,
+    its output in WORKDIR/helper.log, its syslog to `syslog` (a SyslogSink)."""
 
-    CAPS = "+bpf,+net_admin,+dac_override"
+    CAPS = testlab.HELPER_CAPS
 
     def __init__(self, user, workdir, config, netns=None, syslog=None):
         self.user, self.workdir, self.config, self.netns, self.syslog = user, workdir, config, netns, syslog
@@ -286,35 +140,17 @@ class Helper:
         self.proc = None
 
     def argv(self):
-        argv = ["setpriv", "--reuid", str(self.user.pw_uid), "--regid", str(self.user.pw_gid),
-                "--init-groups", "--inh-caps", self.CAPS, "--ambient-caps", self.CAPS,
-                "/usr/local/sbin/pam-vrf-helper", "--socket", self.socket, "--config", self.config, "--debug"]
-        if self.netns:
-            argv = ["nsenter", f"--net=/run/netns/{self.netns}", *argv]
+        argv = testlab.helper_argv(self.user, self.socket, self.config, self.netns, debug=True)
         return self.syslog.wrap(argv) if self.syslog else argv
 
     def start(self):
-        from pam_vrf import client
         self.log = open(os.path.join(self.workdir, "helper.log"), "ab")
         self.proc = subprocess.Popen(self.argv(), stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                client.call({"op": "ping"}, self.socket)
-                return self
-            except client.HelperError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"helper did not start:\n{self.output()}")
-                time.sleep(0.05)
+        testlab.wait_helper(self.socket, self.proc, self.output)
+        return self
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        testlab.stop_process(self.proc)
         self.proc = None
 
     def alive(self):
@@ -332,9 +168,7 @@ def helper_factory(installed, throwaway_user):
 
     def make(config, netns=None, syslog=None):
         user = throwaway_user()
-        workdir = tempfile.mkdtemp(prefix="pam-vrf-helper-")
-        os.chown(workdir, user.pw_uid, user.pw_gid)
-        os.chmod(workdir, 0o755)
+        workdir = testlab.helper_dir(None, user)
         helper = Helper(user, workdir, config, netns, syslog)
         started.append(helper)
         return helper.start()
@@ -349,15 +183,51 @@ def helper_factory(installed, throwaway_user):
 def vrf_conf():
     """vrf_conf(text) -> path of a world-readable vrf.conf; rewrite by calling again
     with path=. Removed afterwards."""
-    where = tempfile.mkdtemp(prefix="pam-vrf-conf-")
-    os.chmod(where, 0o755)
+    where = testlab.public_dir("pam-vrf-conf-")
 
     def write(text, path=None):
-        path = path or os.path.join(where, f"vrf{len(os.listdir(where))}.conf")
-        with open(path, "w") as f:
-            f.write(text)
-        os.chmod(path, 0o644)
-        return path
+        return testlab.write_file(path or os.path.join(where, f"vrf{len(os.listdir(where))}.conf"), text)
 
     yield write
     shutil.rmtree(where, ignore_errors=True)
+
+
+# -- a run leaves nothing behind ------------------------------------------------
+
+def pytest_sessionstart(session):
+    """Host runs only: not in the test VM (systemd makes and removes cgroups
+    and users' units there as it likes), not for --collect-only, not with
+    PAM_VRF_LEFTOVERS_CHECK=0."""
+    if (os.path.exists("/etc/pam-vrf-test-vm") or session.config.option.collectonly
+            or os.environ.get("PAM_VRF_LEFTOVERS_CHECK") == "0"):
+        return
+    session.config._pam_vrf_host_before = testlab.HostState()
+
+
+@pytest.hookimpl(trylast=True)      # after the session fixtures' teardown
+def pytest_sessionfinish(session, exitstatus):
+    """Compare the host with what it was before the run: whatever the run
+    added (users, groups, pam.d files, vrf.conf, netns, links, cgroups, mounts,
+    /run/pam-vrf*, /etc/ssh, /tmp/pam-vrf-*, processes of removed users)
+    is printed, and the run fails."""
+    before = getattr(session.config, "_pam_vrf_host_before", None)
+    if before is None:
+        return
+    after = testlab.HostState()
+    left, gone = after.leftovers(before), after.gone(before)
+    report = session.config.pluginmanager.get_plugin("terminalreporter")
+    write = report.write_line if report else print
+    if report:
+        report.ensure_newline()
+        report.section("host state after the run")
+    for key, items in left.items():
+        write(f"LEFT BEHIND {key}: {len(items)}")
+        for item in items[:50]:
+            write(f"    {item}")
+    for key, items in gone.items():
+        write(f"(gone since the start, not counted: {key}: {', '.join(items[:10])}"
+              f"{' ...' if len(items) > 10 else ''})")
+    if not left:
+        write("leftovers check: nothing left behind")
+    elif session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -19,11 +19,12 @@ import time
 
 import pytest
 
-from conftest import PY, REPO, remove_cgroup_tree, run_py, sh, spawn, uid_tag
+import testlab
+from conftest import PY, REPO, remove_cgroup_tree, sh, spawn, uid_tag
 from pam_vrf import cgroup, programs
 from pam_vrf.bpf import cgroup_link
 
-HOOK = "/usr/lib/pam-vrf/pam_vrf.py"
+HOOK = testlab.HOOK
 PAM_VRF = "/usr/local/bin/pam-vrf"
 PORT = 2222
 
@@ -57,26 +58,24 @@ class Lab:
         self.tag = uid_tag()
         self.sshd, self.pam_files, self.groups = None, [], []
         self.service = f"sshd-pvt{self.tag}"
-        self.dir = tempfile.mkdtemp(prefix="pam-vrf-lab-")
+        self.dir = testlab.public_dir("pam-vrf-lab-")
         self.ns = netns("s")
         self.target = f"vt{self.tag}"
-        sh("ip", "-n", self.ns, "link", "add", self.target, "type", "veth", "peer", "name", f"vp{self.tag}")
-        sh("ip", "-n", self.ns, "link", "set", self.target, "up")
+        testlab.add_veth(self.ns, self.target, f"vp{self.tag}")
         self.syslog, self.sandbox, self.make_user, self.vrf_conf = syslog, sandbox, throwaway_user, vrf_conf
-        os.chmod(self.dir, 0o755)
         self.group = f"pvg{self.tag}"
         self.strict_group = f"pvs{self.tag}"
         self.exec_group = f"pve{self.tag}"
         for g in (self.group, self.strict_group, self.exec_group):
-            sh("groupadd", "--system", g)
-            self.groups.append(g)
+            self.groups.append(testlab.add_group(g))
         self.config = vrf_conf(self.policy())
 
     def start(self, helper_factory):
         self.helper = helper_factory(self.config, netns=self.ns, syslog=self.syslog)
-        self._write(os.path.join(self.dir, "probe.py"), PROBE)
-        self._sshd_setup()
-        self.start_sshd()
+        testlab.write_file(os.path.join(self.dir, "probe.py"), PROBE)
+        self.pam_service(self.service, self.hook_line())
+        self.sshd = testlab.Sshd(self.dir, self.service, PORT, netns=self.ns)
+        self.sshd.start(cgroup_dir=self.sandbox, wrap=self.syslog.wrap)
 
     def policy(self, extra=""):
         return textwrap.dedent(f"""\
@@ -91,72 +90,23 @@ class Lab:
     def set_policy(self, text):
         self.vrf_conf(text, path=self.config)
 
-    def _write(self, path, text, mode=0o644):
-        with open(path, "w") as f:
-            f.write(text)
-        os.chmod(path, mode)
-
     def pam_service(self, name, session_line):
-        path = f"/etc/pam.d/{name}"
-        assert not os.path.exists(path)
-        self.pam_files.append(path)
-        self._write(path, textwrap.dedent(f"""\
-            auth     required  pam_permit.so
-            account  required  pam_permit.so
-            session  required  pam_permit.so
-            {session_line}
-        """))
+        self.pam_files.append(testlab.write_pam_service(name, session_line))
 
     def hook_line(self, extra=""):
         return (f"session [success=ok session_err=bad default=ignore] pam_python.so {HOOK} "
                 f"config={self.config} socket={self.helper.socket} debug {extra}")
 
-    def _sshd_setup(self):
-        self.pam_service(self.service, self.hook_line())
-        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)      # sshd's privilege separation dir
-        sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", f"{self.dir}/hostkey")
-        sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", f"{self.dir}/userkey")
-        os.makedirs(f"{self.dir}/keys")
-        os.chmod(f"{self.dir}/keys", 0o755)
-        self._write(f"{self.dir}/sshd_config", textwrap.dedent(f"""\
-            ListenAddress 127.0.0.1:{PORT}
-            HostKey {self.dir}/hostkey
-            PidFile none
-            UsePAM yes
-            AuthorizedKeysFile {self.dir}/keys/%u
-            StrictModes no
-            PasswordAuthentication no
-            KbdInteractiveAuthentication no
-            PubkeyAuthentication yes
-            PermitRootLogin no
-            MaxStartups 100
-            LogLevel VERBOSE
-        """))
-        os.symlink("/usr/sbin/sshd", f"{self.dir}/{self.service}")
-
     def user(self, *groups):
         user = self.make_user(groups)
-        shutil.copy(f"{self.dir}/userkey.pub", f"{self.dir}/keys/{user.pw_name}")
-        os.chmod(f"{self.dir}/keys/{user.pw_name}", 0o644)
+        self.sshd.authorize(user.pw_name)
         return user
 
-    def start_sshd(self):
-        argv = self.syslog.wrap(["nsenter", f"--net=/run/netns/{self.ns}",
-                                 f"{self.dir}/{self.service}", "-D", "-e", "-f", f"{self.dir}/sshd_config"])
-        self.sshd_log = open(f"{self.dir}/sshd.log", "ab")
-        self.sshd = spawn(argv, cgroup_dir=self.sandbox, stdout=self.sshd_log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while b"Server listening" not in open(f"{self.dir}/sshd.log", "rb").read():
-            assert self.sshd.poll() is None and time.monotonic() < deadline, self.sshd_output()
-            time.sleep(0.05)
-
     def sshd_output(self):
-        return open(f"{self.dir}/sshd.log", "rb").read().decode(errors="replace")
+        return self.sshd.output()
 
     def ssh_argv(self, user, command):
-        return ["nsenter", f"--net=/run/netns/{self.ns}", "ssh", "-F", "/dev/null", "-i", f"{self.dir}/userkey",
-                "-p", str(PORT), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", f"{user.pw_name}@127.0.0.1", command]
+        return self.sshd.ssh_argv(user.pw_name, command)
 
     def ssh(self, user, command, check=True):
         proc = subprocess.run(self.ssh_argv(user, command), capture_output=True, text=True, timeout=60)
@@ -179,15 +129,14 @@ class Lab:
 
     def close(self):
         if self.sshd:
-            self.sshd.terminate()
-            self.sshd.wait()
+            self.sshd.stop()
         for path in self.pam_files:
             os.unlink(path)
         # pamtester runs in the test's own cgroup: its placements land in
         # <that cgroup>/<netns>-ns/vrf/..., outside the sandbox.
         remove_cgroup_tree(os.path.join(cgroup.fs_path(cgroup.base_of(cgroup.cgroup_of())), f"{self.ns}-ns"))
         for g in self.groups:
-            sh("groupdel", g, check=False)
+            testlab.remove_group(g)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -348,34 +297,6 @@ def test_a_stopped_helper_is_waited_for(lab):
     assert result["cgroup"].endswith(f"/vrf/{lab.target}") and result["tcp4"] == lab.target, result
 
 
-FLOODER = textwrap.dedent("""
-    import os, socket, sys, time
-    path, kind, until = sys.argv[1], sys.argv[2], time.monotonic() + float(sys.argv[3])
-    held = []
-    while time.monotonic() < until:
-        try:
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            s.settimeout(1)
-            s.connect(path)
-            if kind == "hold":
-                held.append(s)
-                if len(held) > 64:
-                    held.pop(0).close()
-                continue
-            if kind == "garbage":
-                s.send(os.urandom(512))
-            elif kind == "place":
-                fd = os.pidfd_open(os.getpid())
-                s.sendmsg([b'{"v":2,"op":"place","vrf":"%s"}' % sys.argv[4].encode()],
-                          [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fd.to_bytes(4, sys.byteorder))])
-                os.close(fd)
-                s.recv(4096)
-            s.close()
-        except OSError:
-            time.sleep(0.001)
-""")
-
-
 def test_twenty_logins_are_all_placed_while_a_user_floods_the_helper(lab):
     """32 processes of one unprivileged user: connect/close churn, held-open
     connections, garbage and policy-heavy exec requests against a 10 000-line
@@ -384,12 +305,9 @@ def test_twenty_logins_are_all_placed_while_a_user_floods_the_helper(lab):
     decoys = "".join(f"pvtdecoy{i} {lab.target} plain\n" for i in range(10000))
     lab.set_policy(decoys + lab.policy())
     members = [lab.user(lab.group) for _ in range(20)]
-    script = os.path.join(lab.dir, "flood.py")
-    with open(script, "w") as f:
-        f.write(FLOODER)
-    os.chmod(script, 0o644)
+    script = testlab.write_file(os.path.join(lab.dir, "flood.py"), testlab.FLOODER)
     kinds = ["churn", "hold", "garbage", "place"] * 8
-    floods = [spawn([PY, script, lab.helper.socket, kind, "90", lab.target], netns=lab.ns, user=flooder,
+    floods = [spawn([PY, script, lab.helper.socket, kind, lab.target, "90"], netns=lab.ns, user=flooder,
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for kind in kinds]
     try:
         time.sleep(1)
