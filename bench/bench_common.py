@@ -11,6 +11,10 @@ the same name under a cgroup v1 `cpu` mount, for the flood), the directory
 /tmp/pam-vrf-bench-<tag>. /run/pam-vrf-bench/<tag>.json
 records the run (pid, whether it made /dev/log) so the next run can sweep
 it if this one was killed with SIGKILL.
+
+The machinery the tests and the demo use too (commands, users, netns,
+cgroup trees, the helper's command line, PAM service files) comes from
+testlab, the repository's lab kit (testlab/__init__.py).
 """
 
 import contextlib
@@ -31,10 +35,11 @@ import threading
 import time
 import uuid
 
-PY = "/usr/bin/python3"
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HELPER_BIN = "/usr/local/sbin/pam-vrf-helper"
-HOOK = "/usr/lib/pam-vrf/pam_vrf.py"
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import testlab  # noqa: E402
+from testlab import (HELPER_BIN, HOOK, PY, REPO, cgroup_mount, members, remove_cgroup_tree,  # noqa: E402,F401
+                     sh)
+
 REGISTRY = "/run/pam-vrf-bench"
 PREFIX = "pvb"                  # netns, users, groups, devices start with PREFIX + tag
 PAM_PREFIX = "bench-pvt"        # /etc/pam.d/bench-pvt<tag><x>
@@ -43,13 +48,6 @@ CGROUP_PREFIX = "pam-vrf-bench-"
 
 def say(*parts):
     print(*parts, flush=True)
-
-
-def sh(*argv, check=True, **kw):
-    proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True, **kw)
-    if check and proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(map(str, argv))} -> {proc.returncode}\n{proc.stdout}{proc.stderr}")
-    return proc
 
 
 # -- statistics --------------------------------------------------------------------
@@ -204,19 +202,15 @@ def sweep_tag(tag, record):
     stem = f"{PREFIX}{tag}"
     for path in glob.glob(f"/etc/pam.d/{PAM_PREFIX}{tag}*"):
         os.unlink(path)
-    for line in sh("ip", "netns", "list", check=False).stdout.splitlines():
-        name = line.split()[0] if line.split() else ""
+    for name in testlab.netns_names():
         if name.startswith(stem):
-            for pid in sh("ip", "netns", "pids", name, check=False).stdout.split():
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(pid), signal.SIGKILL)
-            sh("ip", "netns", "del", name, check=False)
+            testlab.remove_netns(name)
     for mount in (cgroup_mount(), cpu_v1_mount()):
         if mount:
             remove_cgroup_tree(os.path.join(mount, CGROUP_PREFIX + tag))
     users = [p.pw_name for p in pwd.getpwall() if p.pw_name.startswith(stem)]
     for user in users:
-        sh("userdel", "-f", user, check=False)
+        testlab.remove_user(user)
     groups = [line.split(":", 1)[0] for line in open("/etc/group") if line.startswith(stem)]
     for group in groups:
         sh("groupdel", group, check=False)
@@ -236,16 +230,6 @@ def sweep_tag(tag, record):
 
 
 # -- cgroups --------------------------------------------------------------------
-
-def cgroup_mount():
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            dash = fields.index("-")
-            if fields[dash + 1] == "cgroup2":
-                return fields[4]
-    return None
-
 
 def kernel_state():
     """The cgroup2 mount as /proc/self/mountinfo shows it, and whether
@@ -278,56 +262,15 @@ def hierarchy(path):
     return path[len(mount):]
 
 
-def members(path):
-    try:
-        with open(os.path.join(path, "cgroup.procs")) as f:
-            return [int(x) for x in f.read().split()]
-    except OSError:
-        return []
-
-
-def remove_cgroup_tree(path):
-    if not os.path.isdir(path):
-        return
-    for _ in range(50):
-        pids = [p for d, _, _ in os.walk(path) for p in members(d)]
-        if not pids:
-            break
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.05)
-    for here, _, _ in sorted(os.walk(path), key=lambda w: -w[0].count("/")):
-        for _ in range(40):
-            try:
-                os.rmdir(here)
-                break
-            except FileNotFoundError:
-                break
-            except OSError:
-                time.sleep(0.05)
-
-
 def join_cgroup(path):
     """A preexec_fn that moves the child into cgroup `path`."""
-    def run():
-        with open(os.path.join(path, "cgroup.procs"), "w") as f:
-            f.write(str(os.getpid()))
-    return run
+    return testlab.enter(path)
 
 
 def enter(cgroup_dir=None, user=None, also=()):
     """A preexec_fn: join cgroup `cgroup_dir` (and the cgroup v1 directories
     `also`) as root, then become `user` (a pwd entry)."""
-    def run():
-        for d in ([cgroup_dir] if cgroup_dir else []) + list(also):
-            with open(os.path.join(d, "cgroup.procs"), "w") as f:
-                f.write(str(os.getpid()))
-        if user:
-            os.setgroups([])
-            os.setgid(user.pw_gid)
-            os.setuid(user.pw_uid)
-    return run
+    return testlab.enter(cgroup_dir, user=user, also=also)
 
 
 # -- the lab: netns + veth target + sandbox cgroup + helper ------------------------
@@ -338,17 +281,15 @@ class Lab:
         self.ns = run.name("n")
         self.target = run.name("v")          # 'pvb' + 5 + 1 = 9 chars < IFNAMSIZ
         self.peer = run.name("q")
-        sh("ip", "netns", "add", self.ns)
-        run.defer(sh, "ip", "netns", "del", self.ns, check=False)
-        sh("ip", "-n", self.ns, "link", "set", "lo", "up")
+        testlab.add_netns(self.ns)
+        run.defer(testlab.remove_netns, self.ns)
         self.add_target()
         self.sandbox = os.path.join(cgroup_mount(), CGROUP_PREFIX + run.tag)
         os.mkdir(self.sandbox)
         run.defer(remove_cgroup_tree, self.sandbox)
 
     def add_target(self):
-        sh("ip", "-n", self.ns, "link", "add", self.target, "type", "veth", "peer", "name", self.peer)
-        sh("ip", "-n", self.ns, "link", "set", self.target, "up")
+        testlab.add_veth(self.ns, self.target, self.peer)
         return self.ifindex()
 
     def ifindex(self):
@@ -361,42 +302,26 @@ class Lab:
         return path
 
     def nsenter(self, argv):
-        return ["nsenter", f"--net=/run/netns/{self.ns}", *argv]
+        return testlab.nsenter(self.ns, argv)
 
     def write(self, name, text, mode=0o644):
-        path = os.path.join(self.run.dir, name)
-        with open(path, "w") as f:
-            f.write(text)
-        os.chmod(path, mode)
-        return path
+        return testlab.write_file(os.path.join(self.run.dir, name), text, mode)
 
     def pam_service(self, suffix, session_line=None):
         """/etc/pam.d/bench-pvt<tag><suffix>: pam_permit everywhere, plus
         `session_line` (none: a pam_permit.so-only stack)."""
         name = f"{PAM_PREFIX}{self.run.tag}{suffix}"
-        path = f"/etc/pam.d/{name}"
-        with open(path, "w") as f:
-            f.write("auth     required  pam_permit.so\n"
-                    "account  required  pam_permit.so\n"
-                    "session  required  pam_permit.so\n"
-                    + (f"{session_line}\n" if session_line else ""))
-        self.run.defer(_unlink, path)
+        self.run.defer(_unlink, testlab.write_pam_service(name, session_line))
         return name
 
 
-def _unlink(path):
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+_unlink = testlab.unlink_quietly
 
 
 def add_user(run, suffix, groups=()):
-    name = run.name(suffix)
-    argv = ["useradd", "--system", "--user-group", "--no-create-home", "--shell", "/bin/sh"]
-    if groups:
-        argv += ["-G", ",".join(groups)]
-    sh(*argv, name)
-    run.defer(_del_user, name)
-    return pwd.getpwnam(name)
+    user = testlab.add_user(run.name(suffix), groups)
+    run.defer(testlab.remove_user, user.pw_name)
+    return user
 
 
 class PrivateNss:
@@ -467,26 +392,18 @@ class PrivateNss:
                 self.upper, self.work, *argv]
 
 
-def _del_user(name):
-    sh("userdel", "-f", name, check=False)
-    sh("groupdel", name, check=False)
-
-
 class Helper:
     """pam-vrf-helper as in production: a throwaway non-root user holding
     ambient CAP_BPF,CAP_NET_ADMIN(,CAP_DAC_OVERRIDE), inside the lab's netns.
     Its output lines are kept with their arrival time (time.monotonic)."""
 
-    CAPS = "+bpf,+net_admin,+dac_override"
+    CAPS = testlab.HELPER_CAPS
 
     def __init__(self, lab, config, suffix="h", profile=None, wrap=None):
         self.lab = lab
         self.wrap = wrap            # argv -> argv (e.g. PrivateNss.wrap)
         self.user = add_user(lab.run, suffix)
-        self.workdir = os.path.join(lab.run.runtime_dir(), f"helper-{suffix}")
-        os.mkdir(self.workdir)
-        os.chown(self.workdir, self.user.pw_uid, self.user.pw_gid)
-        os.chmod(self.workdir, 0o755)
+        self.workdir = testlab.helper_dir(lab.run.runtime_dir(), self.user, f"helper-{suffix}")
         self.socket = os.path.join(self.workdir, "helper.sock")
         self.root_socket = os.path.join(self.workdir, "root.sock")     # protocol.root_socket()
         self.config = config
@@ -500,26 +417,18 @@ class Helper:
         cmd = [HELPER_BIN]
         if self.profile:
             cmd = [PY, "-m", "cProfile", "-o", self.profile, HELPER_BIN]
-        argv = self.lab.nsenter([
-            "setpriv", "--reuid", str(self.user.pw_uid), "--regid", str(self.user.pw_gid),
-            "--init-groups", "--inh-caps", self.CAPS, "--ambient-caps", self.CAPS,
-            *cmd, "--socket", self.socket, "--config", self.config])
+        argv = testlab.helper_argv(self.user, self.socket, self.config, self.lab.ns, program=cmd)
         return self.wrap(argv) if self.wrap else argv
 
     def start(self):
-        from pam_vrf import client
         self.proc = subprocess.Popen(self.argv(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      cwd="/")
         threading.Thread(target=self._read, daemon=True).start()
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                client.call({"op": "ping"}, self.socket)
-                return self
-            except client.HelperError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("helper did not start:\n" + self.output())
-                time.sleep(0.05)
+        try:
+            testlab.wait_helper(self.socket, self.proc, self.output, timeout=20)
+        except AssertionError as e:
+            raise RuntimeError(str(e)) from None
+        return self
 
     def _read(self):
         for raw in self.proc.stdout:
@@ -575,13 +484,7 @@ class Helper:
         return out
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        testlab.stop_process(self.proc, timeout=10)
 
 
 # -- syslog -----------------------------------------------------------------------

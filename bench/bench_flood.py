@@ -39,6 +39,7 @@ import time
 
 from bench_common import (CGROUP_PREFIX, PY, Helper, add_user, cpu_v1_mount, enter, median, percentile, say,
                           shuffled_rounds)
+import testlab  # noqa: E402,I100  (bench_common puts the repository on sys.path)
 
 CLIENTS = 20
 FLOODERS = {"churn": 8, "hold": 8, "garbage": 8, "place": 8}
@@ -97,44 +98,9 @@ DRIVER = textwrap.dedent("""\
         os.waitpid(pid, 0)
 """)
 
-# Unprivileged flooder: argv SOCKET KIND VRF. Stops on SIGTERM and prints its counts.
-FLOODER = textwrap.dedent("""\
-    import json, os, signal, socket, sys
-    path, kind, vrf = sys.argv[1], sys.argv[2], sys.argv[3]
-    stop = False
-    def on_term(signum, frame):
-        global stop
-        stop = True
-    signal.signal(signal.SIGTERM, on_term)
-    counts = {"connects": 0, "answers": 0, "busy": 0, "errors": 0}
-    held = []
-    request = b'{"v":2,"op":"place","vrf":"%s"}' % vrf.encode()
-    print("flooding", flush=True)
-    while not stop:
-        try:
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            s.settimeout(1)
-            s.connect(path)
-            counts["connects"] += 1
-            if kind == "hold":
-                held.append(s)
-                if len(held) > 64:
-                    held.pop(0).close()
-                continue
-            if kind == "garbage":
-                s.send(os.urandom(512))
-            elif kind == "place":
-                fd = os.pidfd_open(os.getpid())
-                s.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fd.to_bytes(4, sys.byteorder))])
-                os.close(fd)
-            if kind != "churn":
-                answer = s.recv(4096)
-                counts["busy" if b"busy" in answer else "answers"] += 1
-            s.close()
-        except OSError:
-            counts["errors"] += 1
-    print(json.dumps(counts), flush=True)
-""")
+# Unprivileged flooder: argv SOCKET KIND VRF. Stops on SIGTERM and prints its
+# counts (testlab's, shared with tests/test_login.py).
+FLOODER = testlab.FLOODER
 
 
 class Flood:
