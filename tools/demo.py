@@ -13,23 +13,27 @@ Nothing outside these namespaces is changed except: throwaway users
 pvdemo-op and pvdemo-helper, /etc/pam.d/sshd-pvdemo, a cgroup
 <cgroup2>/pvdemo, all removed at the end (and pam-vrf itself, if the
 demo had to install it).
+
+The lab machinery (users, netns, the helper's command line, sshd of its own,
+cgroup removal) is testlab's, the kit the tests and benchmarks use too.
 """
 
-import json
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
+
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import testlab  # noqa: E402  (the repository's lab kit: testlab/__init__.py)
 
 HOST, PEER = "pvdemo-host", "pvdemo-mgmt"
 USER, HELPER_USER = "pvdemo-op", "pvdemo-helper"
 SERVICE = "sshd-pvdemo"
 PAM_FILE = f"/etc/pam.d/{SERVICE}"
 PORT = 2222
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = testlab.REPO
 
 
 def step(text):
@@ -46,20 +50,19 @@ def run(*argv, check=True, quiet=False):
 
 
 def in_host(*argv):
-    # nsenter, not `ip netns exec`: that would also remount /sys and hide the cgroup2 mount.
-    return ["nsenter", f"--net=/run/netns/{HOST}", *argv]
+    return testlab.nsenter(HOST, argv)
 
 
 class Demo:
     def __init__(self):
-        self.dir = tempfile.mkdtemp(prefix="pam-vrf-demo-")
-        os.chmod(self.dir, 0o755)
+        self.dir = testlab.public_dir("pam-vrf-demo-")
         self.procs = []
+        self.sshd_lab = None
         self.installed_here = False
-        from_mount = [line.split()[4] for line in open("/proc/self/mountinfo") if " - cgroup2 " in line]
-        if not from_mount:
+        mount = testlab.cgroup_mount()
+        if not mount:
             raise SystemExit("demo: no cgroup2 file system mounted")
-        self.cgroup = os.path.join(from_mount[0], "pvdemo")
+        self.cgroup = os.path.join(mount, "pvdemo")
 
     # -- set-up -------------------------------------------------------------
 
@@ -72,9 +75,8 @@ class Demo:
     def network(self):
         step("Network: namespaces, target, management peer")
         for ns in (HOST, PEER):
-            run("ip", "netns", "add", ns)
-            run("ip", "-n", ns, "link", "set", "lo", "up")
-        run("ip", "-n", HOST, "link", "add", "eth-mgmt", "type", "veth", "peer", "name", "eth0", "netns", PEER)
+            testlab.add_netns(ns)
+        testlab.add_veth(HOST, "eth-mgmt", "eth0", up=False, peer_netns=PEER)
         run("ip", "-n", PEER, "addr", "add", "192.0.2.2/24", "dev", "eth0")
         run("ip", "-n", PEER, "link", "set", "eth0", "up")
         has_vrf = run("ip", "-n", HOST, "link", "add", "mgmt", "type", "vrf", "table", "10", check=False).returncode == 0
@@ -99,71 +101,42 @@ class Demo:
 
     def users_and_policy(self):
         step(f"Users: {USER} (group pvdemo-netops), {HELPER_USER} (runs the helper)")
-        run("groupadd", "--system", "pvdemo-netops")
-        run("useradd", "--system", "--user-group", "--no-create-home", "--shell", "/bin/sh",
-            "--groups", "pvdemo-netops", USER)
-        run("useradd", "--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin", HELPER_USER)
-        self.config = os.path.join(self.dir, "vrf.conf")
-        with open(self.config, "w") as f:
-            f.write(f"# demo policy\n@pvdemo-netops  {self.target}  {self.plain}\n*  -\n")
-        os.chmod(self.config, 0o644)
+        testlab.add_group("pvdemo-netops")
+        testlab.add_user(USER, groups=["pvdemo-netops"])
+        self.helper_user = testlab.add_user(HELPER_USER, shell="/usr/sbin/nologin")
+        self.config = testlab.write_file(os.path.join(self.dir, "vrf.conf"),
+                                         f"# demo policy\n@pvdemo-netops  {self.target}  {self.plain}\n*  -\n")
         print(textwrap.indent(open(self.config).read().rstrip(), "    "))
         run("/usr/local/bin/pam-vrf", "check", "--config", self.config)
 
     def helper(self):
         step(f"Helper: pam-vrf-helper as {HELPER_USER} with ambient CAP_BPF,CAP_NET_ADMIN,CAP_DAC_OVERRIDE")
-        rundir = os.path.join(self.dir, "run")
-        os.mkdir(rundir)
-        shutil.chown(rundir, HELPER_USER, HELPER_USER)
+        rundir = testlab.helper_dir(self.dir, self.helper_user, "run")
         self.socket = os.path.join(rundir, "helper.sock")
-        caps = "+bpf,+net_admin,+dac_override"
         self.helper_log = open(os.path.join(self.dir, "helper.log"), "w")
-        self.procs.append(subprocess.Popen(in_host(
-            "setpriv", "--reuid", HELPER_USER, "--regid", HELPER_USER, "--init-groups",
-            "--inh-caps", caps, "--ambient-caps", caps,
-            "/usr/local/sbin/pam-vrf-helper", "--socket", self.socket, "--config", self.config),
-            stdout=self.helper_log, stderr=subprocess.STDOUT))
-        self._wait(lambda: os.path.exists(self.socket), "helper socket")
+        proc = subprocess.Popen(testlab.helper_argv(self.helper_user, self.socket, self.config, HOST),
+                                stdout=self.helper_log, stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        try:
+            testlab.wait_helper(self.socket, proc, lambda: open(self.helper_log.name).read())
+        except AssertionError as e:
+            raise SystemExit(f"demo: {e}") from None
         time.sleep(0.3)
         print(textwrap.indent(open(self.helper_log.name).read().rstrip(), "    "))
 
     def sshd(self):
         step(f"sshd on 127.0.0.1:{PORT} with PAM service {SERVICE} (the installed pam_vrf.so after pam_permit)")
-        with open(PAM_FILE, "w") as f:
-            f.write(textwrap.dedent(f"""\
-                # pam-vrf demo (removed when the demo ends)
-                auth     required  pam_permit.so
-                account  required  pam_permit.so
-                session  required  pam_permit.so
-                session  [success=ok session_err=bad default=ignore]  pam_vrf.so config={self.config} socket={self.socket}
-            """))
+        testlab.write_pam_service(SERVICE, "session  [success=ok session_err=bad default=ignore]  pam_vrf.so "
+                                           f"config={self.config} socket={self.socket}",
+                                  comment="pam-vrf demo (removed when the demo ends)")
         print(textwrap.indent(open(PAM_FILE).read().rstrip(), "    "))
-        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
-        for key in ("hostkey", "userkey"):
-            run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", f"{self.dir}/{key}")
-        shutil.copy(f"{self.dir}/userkey.pub", f"{self.dir}/authorized_keys")
-        os.chmod(f"{self.dir}/authorized_keys", 0o644)
-        with open(f"{self.dir}/sshd_config", "w") as f:
-            f.write(textwrap.dedent(f"""\
-                ListenAddress 127.0.0.1:{PORT}
-                HostKey {self.dir}/hostkey
-                PidFile none
-                UsePAM yes
-                AuthorizedKeysFile {self.dir}/authorized_keys
-                StrictModes no
-                PasswordAuthentication no
-                KbdInteractiveAuthentication no
-            """))
-        os.symlink("/usr/sbin/sshd", f"{self.dir}/{SERVICE}")      # PAM service name = program name
+        self.sshd_lab = testlab.Sshd(self.dir, SERVICE, PORT, netns=HOST)   # PAM service name = program name
+        self.sshd_lab.authorize(USER)
         os.makedirs(self.cgroup, exist_ok=True)
-        self.sshd_log = open(os.path.join(self.dir, "sshd.log"), "w")
-
-        def into_cgroup():
-            with open(os.path.join(self.cgroup, "cgroup.procs"), "w") as f:
-                f.write(str(os.getpid()))
-        self.procs.append(subprocess.Popen(in_host(f"{self.dir}/{SERVICE}", "-D", "-e", "-f", f"{self.dir}/sshd_config"),
-                                           stdout=self.sshd_log, stderr=subprocess.STDOUT, preexec_fn=into_cgroup))
-        self._wait(lambda: "Server listening" in open(self.sshd_log.name).read(), "sshd")
+        try:
+            self.sshd_lab.start(cgroup_dir=self.cgroup)
+        except AssertionError as e:
+            raise SystemExit(f"demo: sshd did not come up: {e}") from None
 
     # -- the login ------------------------------------------------------------
 
@@ -184,9 +157,7 @@ class Demo:
         command = ("echo \"ip vrf identify \\$\\$: $(ip vrf identify $$)\"; "
                    "echo \"cgroup: $(cut -d: -f3- /proc/self/cgroup | tail -n1)\"; "
                    f"/usr/bin/python3 {probe}")
-        proc = run(*in_host("ssh", "-F", "/dev/null", "-i", f"{self.dir}/userkey", "-p", PORT,
-                            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                            "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", f"{USER}@127.0.0.1", command))
+        proc = run(*self.sshd_lab.ssh_argv(USER, command))
         step("pam-vrf status (from the host namespace side)")
         run(*in_host("/usr/local/bin/pam-vrf", "status"))
         ok = f"bound to: {self.target}" in proc.stdout and "hello from the management network" in proc.stdout
@@ -197,38 +168,21 @@ class Demo:
 
     def cleanup(self):
         step("Cleaning up")
+        if self.sshd_lab:
+            self.sshd_lab.stop()
         for proc in reversed(self.procs):
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        if os.path.isdir(self.cgroup):
-            for here, dirs, _ in sorted(os.walk(self.cgroup), key=lambda w: -w[0].count("/")):
-                for pid in open(os.path.join(here, "cgroup.procs")).read().split():
-                    run("kill", "-9", pid, check=False, quiet=True)
-            time.sleep(0.2)
-            for here, dirs, _ in sorted(os.walk(self.cgroup), key=lambda w: -w[0].count("/")):
-                run("rmdir", here, check=False, quiet=True)
+            testlab.stop_process(proc)
+        testlab.remove_cgroup_tree(self.cgroup)
         for ns in (HOST, PEER):
-            run("ip", "netns", "del", ns, check=False, quiet=True)
+            testlab.remove_netns(ns)
         for user in (USER, HELPER_USER):
-            run("userdel", "-f", user, check=False, quiet=True)
-            run("groupdel", user, check=False, quiet=True)
-        run("groupdel", "pvdemo-netops", check=False, quiet=True)
-        if os.path.exists(PAM_FILE):
-            os.unlink(PAM_FILE)
+            testlab.remove_user(user)
+        testlab.remove_group("pvdemo-netops")
+        testlab.unlink_quietly(PAM_FILE)
         shutil.rmtree(self.dir, ignore_errors=True)
         if self.installed_here:
             run("make", "-C", REPO, "uninstall", check=False, quiet=True)
         print("    sandbox removed")
-
-    def _wait(self, ready, what, timeout=15):
-        deadline = time.monotonic() + timeout
-        while not ready():
-            if time.monotonic() > deadline:
-                raise SystemExit(f"demo: {what} did not come up")
-            time.sleep(0.05)
 
 
 def main():
