@@ -13,6 +13,11 @@ VRF) to prod-peer, both peers owning 10.99.0.2 / fd00:99::2.
 Every helper that changes the machine is a context manager that puts it back
 on the way out, also when the test fails: users, groups, vrf.conf, the
 helper's units, VRF devices.
+
+What is not particular to the VM (running commands, waiting, ending a
+user's processes, removing users and groups) is testlab's, the lab kit
+the host tests, the benchmarks and the demo share (testlab/__init__.py at
+the repository root, which is /vagrant in the VM).
 """
 
 import contextlib
@@ -23,12 +28,16 @@ import select
 import shlex
 import socket
 import subprocess
+import sys
 import time
 import uuid
 
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+if os.path.dirname(os.path.dirname(HERE)) not in sys.path:
+    sys.path.append(os.path.dirname(os.path.dirname(HERE)))
+import testlab  # noqa: E402
 VM_MARKER = "/etc/pam-vrf-test-vm"
 vm_only = pytest.mark.skipif(not os.path.exists(VM_MARKER),
                              reason=f"not the pam-vrf test VM ({VM_MARKER} missing): see vagrant/README.md")
@@ -61,22 +70,12 @@ CAP_DAC_OVERRIDE, CAP_NET_ADMIN, CAP_BPF = 1, 12, 39
 
 
 def run(*argv, check=True, timeout=60, **kw):
-    proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=timeout, **kw)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, argv))} -> {proc.returncode}\n{proc.stdout}{proc.stderr}")
-    return proc
+    return testlab.sh(*argv, check=check, timeout=timeout, **kw)
 
 
 def wait_until(what, predicate, timeout=30, interval=0.2):
     """Poll `predicate` until it returns something true; returns that, or fails naming `what`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
+    return testlab.wait_until(what, predicate, timeout=timeout, interval=interval)
 
 
 def cgroup_mount():
@@ -246,7 +245,7 @@ def group(prefix="pvg"):
     try:
         yield name
     finally:
-        run("groupdel", name, check=False)
+        testlab.remove_group(name)
 
 
 def _end_user(name):
@@ -257,9 +256,7 @@ def _end_user(name):
     except KeyError:
         return
     run("systemctl", "stop", f"user@{uid}.service", check=False)
-    run("pkill", "-KILL", "-u", str(uid), check=False)
-    wait_until(f"the processes of {name} to end",
-               lambda: run("pgrep", "-u", str(uid), check=False).returncode == 1, timeout=30)
+    testlab.kill_user_processes(uid)
 
 
 @contextlib.contextmanager
@@ -279,7 +276,7 @@ def user(*groups, prefix="pvu"):
         yield name
     finally:
         _end_user(name)
-        run("userdel", "--remove", "--force", name, check=False)
+        testlab.remove_user(name, remove_home=True)
 
 
 @contextlib.contextmanager
