@@ -38,12 +38,14 @@ import time
 
 import pytest
 
-from conftest import PY, Helper, sh, spawn, uid_tag
-from helper_attacks import FLOOD, NSS_FAIL_C, PIDNS_ATTACKER, PIDNS_DRIVER, USERNS_CLAIM, Agent
+from conftest import PY, REPO, Helper, sh, spawn, uid_tag
+from helper_attacks import FLOOD, NSS_FAIL_C, USERNS_CLAIM, Agent
 from pam_vrf import cgroup, client, programs, protocol
 from pam_vrf.bpf import cgroup_link
 from pam_vrf.helper import placement, server
 from pam_vrf.log import escape
+
+PIDREUSE = os.path.join(REPO, "testlab", "pidreuse.py")      # the pid-reuse attack, shared with tests/vm
 
 MAX = protocol.MAX_MESSAGE
 BUSY = "helper busy"
@@ -525,12 +527,12 @@ def test_pid_reuse_cannot_redirect_a_placement(installed, vrf_conf, syslog, targ
         helper = Helper(helper_user, workdir, conf)          # argv only: the driver starts it
         victim_cg = subcg(sandbox_cgroup, "victim")
         params = {"helper_argv": helper.argv(), "helper_log": os.path.join(workdir, "helper.log"),
-                  "socket": helper.socket, "vrf": dev, "attacker": PIDNS_ATTACKER,
+                  "socket": helper.socket, "vrf": dev, "victim_name": victim.pw_name,
                   "attacker_ids": [attacker.pw_uid, attacker.pw_gid],
                   "victim_ids": [victim.pw_uid, victim.pw_gid], "victim_cgroup": victim_cg}
         argv = syslog.wrap(["nsenter", f"--net=/run/netns/{ns}",
                             "unshare", "--pid", "--fork", "--kill-child", "--mount-proc",
-                            PY, "-c", PIDNS_DRIVER, json.dumps(params)])
+                            PY, PIDREUSE, "driver", json.dumps(params)])
         mark = syslog.mark()
         proc = spawn(argv, cgroup_dir=sandbox_cgroup, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                      text=True, cwd="/")
@@ -540,7 +542,7 @@ def test_pid_reuse_cannot_redirect_a_placement(installed, vrf_conf, syslog, targ
             proc.kill()
             proc.wait()
         assert proc.returncode == 0, f"driver failed:\n{out}\n{err}\n{helper.output()}"
-        got = json.loads(out)
+        got = json.loads(out.strip().splitlines()[-1])
         output = helper.output()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -563,10 +565,12 @@ def test_pid_reuse_cannot_redirect_a_placement(installed, vrf_conf, syslog, targ
     if replies["own pidfd"] != {"v": 2, "ok": True, "cgroup": where} or seen["cgroup"] != where:
         problems.append(f"own pidfd: {replies['own pidfd']}, now in {seen['cgroup']}")
     assert not problems, "\n".join(problems) + f"\n{got}\n--- helper output:\n{output}"
-    # The victim is untouched.
-    assert got["victim_before"] == {"cgroup": hierarchy(victim_cg), "uid": victim.pw_uid}
+    # The victim is untouched; pid 1 (root, the namespace's init) is never placed.
+    assert got["victim_before"] == hierarchy(victim_cg) and got["victim_uid"] == victim.pw_uid, got
     assert got["victim_after"] == got["victim_before"]
-    assert got["ping"]["ok"] is True
+    for op, r in got["pid1"].items():
+        assert r["ok"] is False and "pid 1 is never placed" in r["error"], (op, r)
+    assert got["ping_after"] is True
     uid = attacker.pw_uid
     logged(syslog, mark, f"refused place from pid ? uid {uid}", f"{NOT_SENDERS} (pid {child})")
     logged(syslog, mark, f"refused place from pid ? uid {uid}", ONE_PIDFD)

@@ -1,5 +1,5 @@
 """Pid reuse against the helper on Debian 12's kernel (6.1: no SO_PEERPIDFD),
-on the test VM. See vm_pidreuse.py for how the attack is staged: a pid
+on the test VM. See testlab/pidreuse.py for how the attack is staged: a pid
 namespace whose init (the driver) forces the attacker's freed pid onto a
 victim, and a second helper instance inside that namespace (as pam-vrf,
 ambient CAP_BPF/CAP_NET_ADMIN/CAP_DAC_OVERRIDE only, own sockets and
@@ -40,7 +40,8 @@ from vmlib import PY, VRF, run  # noqa: E402
 
 pytestmark = vmlib.vm_only
 
-DRIVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vm_pidreuse.py")
+DRIVER = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                      "testlab", "pidreuse.py")
 SO_PEERPIDFD = 77           # Linux 6.5
 VICTIM = "op2"
 CAPS = "+bpf,+net_admin,+dac_override"

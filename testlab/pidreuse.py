@@ -1,8 +1,9 @@
 #!/usr/bin/python3
-"""The pid-reuse attack on the helper (kernel 6.1: no SO_PEERPIDFD), for
-tests/vm/test_vm_pidreuse.py; not a test module (tests/vm/vm_*.py are helpers).
+"""The pid-reuse attack on the helper (kernel 6.1: no SO_PEERPIDFD), staged
+by tests/vm/test_vm_pidreuse.py (the VM's helper) and tests/test_helper.py
+(a throwaway helper in a netns on the host); not a test module.
 
-    unshare --pid --fork --mount-proc vm_pidreuse.py driver JSON     (root)
+    unshare --pid --fork --mount-proc python3 testlab/pidreuse.py driver JSON     (root)
 
 The driver is pid 1 of a new pid namespace, so that it can choose which pid
 the next process gets (/proc/sys/kernel/ns_last_pid) and the helper sees the
@@ -22,7 +23,12 @@ and vrf.conf), then:
      everything as one JSON line: the replies, the victim's cgroup before and
      after, the child's cgroup after, and whether the helper still answers.
 
-    vm_pidreuse.py attacker SOCKET GO_FD VRF       (run by the driver, as the attacker)
+JSON: helper_argv, helper_log, socket, vrf, attacker_ids and victim_ids
+([uid, gid]), victim_name; optional victim_cgroup (a cgroup directory the
+victim joins first).
+
+    pidreuse.py attacker SOCKET GO_FD VRF       (run by the driver, as the attacker,
+                                                 from this file's text: python3 -c)
 """
 
 import array
@@ -90,7 +96,9 @@ def driver(p):
 
     # 2. the attacker's parent connects and exits; its child keeps the connections.
     go_r, go_w = os.pipe()
-    attacker = subprocess.Popen([sys.executable, os.path.abspath(__file__), "attacker", p["socket"], str(go_r),
+    with open(os.path.abspath(__file__)) as f:          # the attacker may not be able to read the checkout
+        source = f.read()
+    attacker = subprocess.Popen([sys.executable, "-c", source, "attacker", p["socket"], str(go_r),
                                  p["vrf"]], pass_fds=[go_r], stdout=subprocess.PIPE, cwd="/", env=env,
                                 preexec_fn=lambda: drop(*p["attacker_ids"]))
     os.close(go_r)
@@ -105,6 +113,9 @@ def driver(p):
     if victim == 0:
         try:
             os.close(ready_r)
+            if p.get("victim_cgroup"):
+                with open(os.path.join(p["victim_cgroup"], "cgroup.procs"), "w") as f:
+                    f.write("0")
             drop(*p["victim_ids"])
             os.write(ready_w, b"x")
             os.execv("/bin/sleep", ["sleep", "600"])
