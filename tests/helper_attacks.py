@@ -90,12 +90,16 @@ AGENT = textwrap.dedent(r'''
                 # A connection the helper refuses at accept (root.sock for
                 # non-root) is answered and closed at once: the answer may
                 # already wait when our send meets the closed end.
+                # Both are reported: the kernel's refusal of the send, and
+                # the helper's answer if one was waiting.
                 try:
                     raw = s.recv(1 << 17, socket.MSG_DONTWAIT)
                 except OSError:
                     raw = b""
                 if not raw:
                     return {"send_error": errno.errorcode[e.errno]}
+                return {"send_error": errno.errorcode[e.errno], "raw": raw.decode("utf-8", "replace"),
+                        "reply": parse(raw)}
             else:
                 try:
                     raw = s.recv(1 << 17)
