@@ -10,6 +10,9 @@
 #                                      vagrant/ci/test-vm for debootstrap)
 #
 # What it sets up (see vagrant/README.md):
+#   - the plain resolver set-up (systemd-resolved disabled, a plain
+#     /etc/resolv.conf, nsswitch hosts without resolve): the packages for
+#     tests/vm/test_vm_names.py would otherwise switch resolved on
 #   - pam-vrf itself: its Debian package where one was put into
 #     /var/cache/pam-vrf-test (the CI image: vagrant/ci/test-vm builds it with
 #     `make deb`), else `make -C REPO install` (a Vagrant box)
@@ -94,6 +97,40 @@ if [ ${#missing[@]} -gt 0 ]; then
         || fail "apt-get install ${missing[*]}"
 else
     echo "all present"
+fi
+
+# --- name resolution: the plain set-up by default ------------------------------
+# systemd-resolved and libnss-resolve are here for tests/vm/test_vm_names.py,
+# which switches them on for itself (and back off). Installing them enables
+# resolved, turns /etc/resolv.conf into a symlink to its stub (the package
+# keeps the plain file as /etc/.resolv.conf.systemd-resolved.bak) and puts
+# `resolve [!UNAVAIL=return]` on the hosts line of nsswitch.conf. Undo all
+# three: the other tests (IP addresses only) and a Vagrant box's own DNS
+# keep the plain set-up, glibc's dns module reading /etc/resolv.conf.
+log "resolver: plain /etc/resolv.conf, systemd-resolved disabled, nsswitch without resolve"
+if [ -f /lib/systemd/system/systemd-resolved.service ]; then
+    systemctl disable systemd-resolved.service || fail "systemctl disable systemd-resolved"
+    if [ $BOOTED = 1 ]; then
+        systemctl stop systemd-resolved.service || fail "systemctl stop systemd-resolved"
+    fi
+fi
+case "$(readlink /etc/resolv.conf 2>/dev/null)" in
+*/run/systemd/resolve/*)
+    rm -f /etc/resolv.conf
+    if [ -f /etc/.resolv.conf.systemd-resolved.bak ]; then
+        mv /etc/.resolv.conf.systemd-resolved.bak /etc/resolv.conf
+        echo "restored the plain /etc/resolv.conf the systemd-resolved package had put aside"
+    else
+        printf '# pam-vrf test box (vagrant/provision.sh): no DNS server; tests/vm sets up its own\n' \
+            >/etc/resolv.conf
+        echo "wrote a plain /etc/resolv.conf (no server)"
+    fi
+    ;;
+esac
+if grep -qE '^hosts:.*[[:space:]]resolve([[:space:]]|$)' /etc/nsswitch.conf 2>/dev/null; then
+    sed -i -E '/^hosts:/s/[[:space:]]+resolve([[:space:]]+\[[^]]*\])?//' /etc/nsswitch.conf \
+        || fail "nsswitch.conf: drop resolve"
+    echo "nsswitch.conf: $(grep '^hosts:' /etc/nsswitch.conf)"
 fi
 
 # --- pam-vrf itself -----------------------------------------------------
