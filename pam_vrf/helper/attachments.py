@@ -26,6 +26,11 @@ class Entry(NamedTuple):
     vrf: str
     rule: dict          # protocol.rule_fields(): deny texts, mark, priority, plain
     ifindex: int
+    # Where the rule was written ("/etc/security/vrf.conf:12"; None: root's
+    # `pam-vrf exec`, or a state file from before it was recorded). Only for
+    # people and `pam-vrf trace`: rules with equal settings from different
+    # lines are the same program and never conflict.
+    source: object = None
 
 
 class Conflict(Exception):
@@ -51,8 +56,9 @@ class Attachments:
         self.log = log
         self._load_state()
 
-    def attach(self, path, vrf, rule, ifindex):
+    def attach(self, path, vrf, rule, ifindex, source=None):
         """Attach the program for (rule, ifindex) to `path`; returns the program id.
+        `source` (the rule's FILE:LINE) is recorded, not compared.
 
         Raises Conflict when `path` has processes placed under a different rule
         (sessions sharing a cgroup without logind, or `pam-vrf exec` into a
@@ -63,8 +69,12 @@ class Attachments:
             raise Conflict(f"{path} holds processes placed under another rule for {vrf} "
                            f"({_rule_text(current.rule)}); not replacing it with ({_rule_text(rule)})")
         fd, prog_id = self._program(settings(rule, ifindex))
-        wanted = Entry(vrf, rule, ifindex)
-        if current == wanted and [a.prog_id for a in cgroup_link.query(path)] == [prog_id]:
+        wanted = Entry(vrf, rule, ifindex, source)
+        if current is not None and current._replace(source=source) == wanted \
+                and [a.prog_id for a in cgroup_link.query(path)] == [prog_id]:
+            if current.source != source:    # same program; the latest login's line is named
+                self.entries[path] = wanted
+                self.dirty = True
             return prog_id          # already in place (another login of the same session cgroup)
         programs.attach(path, prog_fd=fd)
         self.entries[path] = wanted
@@ -90,7 +100,7 @@ class Attachments:
         for path, entry in list(self.entries.items()):
             if entry.vrf == vrf and entry.ifindex != ifindex:
                 try:
-                    self.attach(path, vrf, entry.rule, ifindex)
+                    self.attach(path, vrf, entry.rule, ifindex, entry.source)
                     done += 1
                 except OSError as e:
                     if self.log:

@@ -78,7 +78,7 @@ class Placement:
             return verdict("kept", vrf=cgroup.vrf_of(kept) or None, rule=rule.where, cgroup=kept)
 
         try:
-            where = self.move(proc, rule.target, protocol.rule_fields(rule), reattach=True)
+            where = self.move(proc, rule.target, protocol.rule_fields(rule), reattach=True, source=rule.where)
         except PlacementError as e:
             if rule.strict:
                 self.log.err(f"refusing session of {who}: {e} (strict rule {rule.where})")
@@ -130,7 +130,7 @@ class Placement:
             return None
         try:
             self.attachments.attach(path, rule.target, protocol.rule_fields(rule),
-                                    self._resolve(rule.target, rule.plain))
+                                    self._resolve(rule.target, rule.plain), rule.where)
         except (OSError, Conflict) as e:
             raise PlacementError(f"the systemd user manager cannot be bound to VRF "
                                  f"{rule.target}: {e}") from None
@@ -140,14 +140,16 @@ class Placement:
 
     def exec_place(self, proc, peer_uid, vrf, plain=False):
         """Move the requester into `vrf` if it may enter it; returns the cgroup."""
+        source = None
         if peer_uid == 0:
             fields = dict(BIND_ONLY, plain=plain)
         else:
             if proc.ruid != peer_uid or proc.euid != peer_uid:
                 raise PlacementError(f"pid {proc.pid} (uid {proc.ruid}/{proc.euid}) is not "
                                      f"a process of uid {peer_uid}")
-            fields = protocol.rule_fields(self._exec_rule(peer_uid, vrf))
-        return self.move(proc, vrf, fields, owner=None if peer_uid == 0 else peer_uid)
+            rule = self._exec_rule(peer_uid, vrf)
+            fields, source = protocol.rule_fields(rule), rule.where
+        return self.move(proc, vrf, fields, owner=None if peer_uid == 0 else peer_uid, source=source)
 
     def _exec_rule(self, uid, vrf):
         try:
@@ -168,7 +170,7 @@ class Placement:
 
     # -- the placement routine -------------------------------------------------
 
-    def move(self, proc, vrf, fields, owner=None, reattach=False):
+    def move(self, proc, vrf, fields, owner=None, reattach=False, source=None):
         """Put the pinned process `proc` into its cgroup for `vrf` (or 'default')
         under the rule `fields`; returns the cgroup (hierarchy path).
 
@@ -176,6 +178,7 @@ class Placement:
         reattach: also when already there, make sure the program is this rule's
         (a login); `pam-vrf exec` into where one already is changes nothing,
         so it cannot swap a login rule's program for its own.
+        source: the rule's FILE:LINE, recorded with the attachment (pam-vrf trace).
         """
         try:
             where = cgroup.vrf_cgroup(vrf, proc.pid, netns=self.netns)
@@ -187,7 +190,7 @@ class Placement:
             if vrf != policy.DEFAULT_VRF:       # the device first: no cgroup for a refusal
                 ifindex = self._resolve(vrf, fields["plain"])
             try:
-                self._prepare(path, vrf, fields, ifindex, owner)
+                self._prepare(path, vrf, fields, ifindex, owner, source)
             except Conflict:
                 if not reattach:
                     raise
@@ -197,7 +200,7 @@ class Placement:
                 where = cgroup.with_level(where, _rule_level(fields))
                 path = self._directory(where)
                 here = cgroup.fs_path(cgroup.cgroup_of(proc.pid)) == path
-                self._prepare(path, vrf, fields, ifindex, owner)
+                self._prepare(path, vrf, fields, ifindex, owner, source)
             if not here:
                 process.check(proc)
                 cgroup.move(proc.pid, path)
@@ -206,7 +209,7 @@ class Placement:
             raise PlacementError(str(e)) from None
         return where
 
-    def _prepare(self, path, vrf, fields, ifindex, owner):
+    def _prepare(self, path, vrf, fields, ifindex, owner, source=None):
         """The cgroup exists and carries the rule's program (Conflict if it holds
         processes placed under another rule)."""
         # Charged whoever made the directory: a user may make them in advance in
@@ -215,7 +218,7 @@ class Placement:
         if not os.path.isdir(path):
             cgroup.ensure(path)
         if ifindex is not None:
-            self.attachments.attach(path, vrf, fields, ifindex)
+            self.attachments.attach(path, vrf, fields, ifindex, source)
 
     def _directory(self, where):
         """The directory of a hierarchy path, refused unless it is normalised."""
