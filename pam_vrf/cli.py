@@ -1,7 +1,8 @@
 """`pam-vrf`: check the policy, ask what it decides, and look at placements.
 
 Exit codes: 0 success; 1 the thing asked about is wrong or failed (bad
-config, no such process, kernel refusal); 2 wrong usage.
+config, no such process, kernel refusal); 2 wrong usage; 3 (trace) this
+host lacks what it needs (bcc, kernel headers).
 """
 
 import argparse
@@ -221,6 +222,12 @@ def cmd_doctor(args):
     return doctor.main(args)
 
 
+def cmd_trace(args):
+    """Live lines for sockets created in pam-vrf cgroups (pam_vrf.trace; bcc)."""
+    from pam_vrf import trace
+    return trace.main(args)
+
+
 def parser():
     p = argparse.ArgumentParser(prog="pam-vrf", description="Login-time VRF placement: policy and state.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -267,6 +274,15 @@ def parser():
                    help="nameservers to test from each VRF (default %(default)s)")
     c.add_argument("--json", action="store_true", help="print the findings as a JSON list")
     c.set_defaults(func=cmd_doctor)
+
+    c = sub.add_parser("trace", help="live lines for sockets created in pam-vrf cgroups: bound where, "
+                                     "or refused by which rule (root; needs bcc and kernel headers)")
+    c.add_argument("--user", help="only sockets of this user (name or uid)")
+    c.add_argument("--vrf", help="only sockets of this VRF")
+    c.add_argument("--json", action="store_true", help="one JSON object per line")
+    c.add_argument("--state", default="/run/pam-vrf-helper/attachments.json", metavar="FILE",
+                   help="the helper's state file: which rule each cgroup's program is (default %(default)s)")
+    c.set_defaults(func=cmd_trace)
     return p
 
 

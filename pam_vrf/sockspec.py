@@ -65,6 +65,17 @@ def _field(value, names, largest, what, word):
     raise ValueError(f"'{word}': unknown {what} '{value}' (known: {', '.join(names)} or a number)")
 
 
+def denied_by(items, family, kind, protocol):
+    """The first of `items` (DenyItems) that refuses a socket of this family,
+    type (without SOCK_CLOEXEC/SOCK_NONBLOCK) and protocol, or None: what the
+    program sockprog.build() makes does (None in an item matches anything)."""
+    for item in items:
+        if all(want is None or want == got
+               for want, got in zip(item[:3], (family, kind, protocol))):
+            return item
+    return None
+
+
 def item_text(family, kind, protocol):
     """vrf.conf spelling of a (family, type, protocol) triple, None meaning any."""
     names = [{v: k for k, v in table.items()} for table in (FAMILIES, TYPES, PROTOCOLS)]
