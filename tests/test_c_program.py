@@ -32,10 +32,13 @@ from typing import NamedTuple
 
 import pytest
 
-from pam_vrf import cgroup, sockspec
+from pam_vrf import cgroup, sockspec, trace
 from pam_vrf.bpf import cgroup_link, sockprog, syscall
 
 SOURCE = Path(__file__).resolve().parent.parent / "bpf" / "pam_vrf_sock.c"
+# The test VM (vagrant/ci/test-vm runs this file there) has bcc and the kernel
+# headers: the bcc tests must run there, never skip; it has no clang.
+IN_TEST_VM = os.path.exists("/etc/pam-vrf-test-vm")
 FUNCTION = "pam_vrf"                   # the C function
 SECTION = "cgroup/sock_create"         # its ELF section under plain clang
 CHILD_PYTHON = "/usr/bin/python3"
@@ -355,7 +358,8 @@ def clang_build(settings, workdir):
 @pytest.mark.parametrize("rule", RULES.values(), ids=RULES.keys())
 def test_clang_program_matches_sockprog(lab, rule):
     if not shutil.which("clang"):
-        pytest.skip("clang is not installed (Debian package clang)")
+        pytest.skip("clang is not installed here: the test VM has none (these run in the host suite)"
+                    if IN_TEST_VM else "clang is not installed (Debian package clang)")
     settings = rule.settings(lab.ifindex)
     with tempfile.TemporaryDirectory(prefix="pvt-clang-") as workdir:
         code = clang_build(settings, workdir)
@@ -377,13 +381,9 @@ def test_elf_reader_refuses_other_files():
 
 
 def bcc_header_places():
-    """Where bcc 0.26 looks for the running kernel's headers, and which of them exist."""
-    if os.environ.get("BCC_KERNEL_SOURCE"):
-        places = [os.environ["BCC_KERNEL_SOURCE"]]
-    else:
-        release = os.uname().release
-        places = [f"/lib/modules/{release}/build", f"/lib/modules/{release}/source",
-                  "/sys/kernel/kheaders.tar.xz"]           # CONFIG_IKHEADERS
+    """Where bcc looks for the running kernel's headers (pam_vrf.trace knows:
+    `pam-vrf trace` checks the same), and which of them exist."""
+    places = trace.header_places()
     return places, [p for p in places if os.path.exists(p)]
 
 
@@ -391,19 +391,21 @@ def bcc_header_places():
 def bcc_program(settings):
     """pam_vrf_sock.c compiled and loaded by bcc; yields the program fd.
     Skips when bcc cannot compile because the kernel headers are missing."""
+    # In the test VM a missing bcc or header package is a broken image: fail.
+    skip = pytest.fail if IN_TEST_VM else pytest.skip
     try:
         from bcc import BPF
     except ImportError:
-        pytest.skip("bcc is not importable: python3-bpfcc is not installed "
-                    "(or this is not Debian's /usr/bin/python3)")
+        skip("bcc is not importable: python3-bpfcc is not installed "
+             "(or this is not Debian's /usr/bin/python3)")
     try:
         module = BPF(text=SOURCE.read_bytes(), cflags=c_defines(settings))
     except Exception as e:                  # bcc raises a bare Exception for this
         places, present = bcc_header_places()
         if not str(e).startswith("Failed to compile BPF module") or present:
             raise
-        pytest.skip(f"bcc cannot compile on this kernel: no kernel headers at {places[0]}"
-                    + (f" (nor {', '.join(places[1:])})" if places[1:] else ""))
+        skip(f"bcc cannot compile on this kernel: no kernel headers at {places[0]}"
+             + (f" (nor {', '.join(places[1:])})" if places[1:] else ""))
     try:
         yield module.load_func(FUNCTION.encode(), BPF.CGROUP_SOCK).fd
     finally:
