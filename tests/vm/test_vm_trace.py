@@ -12,6 +12,8 @@ bcc compiles the probe when trace starts: under TCG that takes a while, so
 one tracer serves the whole module. Runs only on the test VM.
 """
 
+import contextlib
+import json
 import os
 import queue
 import re
@@ -170,6 +172,48 @@ def test_denied_inet6_socket_appears_refused_with_the_rules_file_and_line(trace)
         ("inet/dgram/udp", f"bound {VRF}"),
         ("inet6/dgram/udp", f"refused deny=inet6 rule={where[rule]}")}, lines
     assert all(x["user"] == MEMBER and x["comm"] == "python3" and x["vrf"] == VRF for x in lines)
+
+
+MAKE_SOCKET = "import os, socket; socket.socket(socket.AF_INET, socket.SOCK_STREAM).close(); print(os.getpid())"
+
+
+@contextlib.contextmanager
+def other_vrf(name="pvtblue", table=4321):
+    run("ip", "link", "add", name, "type", "vrf", "table", table)
+    try:
+        run("ip", "link", "set", name, "up")
+        yield name
+    finally:
+        run("ip", "link", "del", name, check=False)
+
+
+def test_user_and_vrf_filters_and_json(trace):
+    """--user root --vrf mgmt --json beside the unfiltered tracer: root's socket
+    in mgmt appears in both; root's in another VRF and op1's in mgmt only in
+    the unfiltered one."""
+    filtered = Trace("--user", "root", "--vrf", VRF, "--json")
+    try:
+        filtered.wait_ready()
+        with other_vrf() as blue:
+            pids = {where: int(run("ip", "vrf", "exec", vrf, PY, "-c", MAKE_SOCKET, cwd="/").stdout)
+                    for where, vrf in (("root in mgmt", VRF), ("root in blue", blue))}
+        pids["op1 in mgmt"], _ = login_running(f"{PY} -c " + vmlib.q(MAKE_SOCKET + "; import time; time.sleep(2)"))
+        for where, pid in pids.items():
+            trace.wait(f"the unfiltered line of {where}", lambda: trace.lines_of(pid), 60)
+        found = filtered.wait("root's socket in mgmt, as JSON", lambda: [
+            json.loads(line) for line in filtered.lines if json.loads(line)["pid"] == pids["root in mgmt"]], 60)
+        assert len(found) == 1 and {k: found[0][k] for k in ("user", "uid", "comm", "vrf", "socket", "verdict",
+                                                             "device")} == {
+            "user": "root", "uid": 0, "comm": "python3", "vrf": VRF, "socket": "inet/stream/tcp",
+            "verdict": "bound", "device": VRF}, found
+        time.sleep(2)       # the filtered tracer had as long as the unfiltered one, and more
+        seen = {json.loads(line)["pid"] for line in filtered.lines}
+        assert pids["root in blue"] not in seen and pids["op1 in mgmt"] not in seen, (pids, filtered.lines)
+        assert {json.loads(line)["user"] for line in filtered.lines} == {"root"}
+        assert {json.loads(line)["vrf"] for line in filtered.lines} == {VRF}
+    finally:
+        rc = filtered.stop()
+    assert rc == 0, filtered.errors
 
 
 def test_cost_and_sigterm(trace):
