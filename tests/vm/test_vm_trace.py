@@ -12,7 +12,6 @@ bcc compiles the probe when trace starts: under TCG that takes a while, so
 one tracer serves the whole module. Runs only on the test VM.
 """
 
-import contextlib
 import json
 import os
 import queue
@@ -27,6 +26,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import vmlib  # noqa: E402
+from test_vm_iproute2 import other_vrf  # noqa: E402,F401 (a fixture: a second VRF device)
 from vmlib import PY, VRF, run  # noqa: E402
 
 pytestmark = vmlib.vm_only
@@ -177,26 +177,15 @@ def test_denied_inet6_socket_appears_refused_with_the_rules_file_and_line(trace)
 MAKE_SOCKET = "import os, socket; socket.socket(socket.AF_INET, socket.SOCK_STREAM).close(); print(os.getpid())"
 
 
-@contextlib.contextmanager
-def other_vrf(name="pvtblue", table=4321):
-    run("ip", "link", "add", name, "type", "vrf", "table", table)
-    try:
-        run("ip", "link", "set", name, "up")
-        yield name
-    finally:
-        run("ip", "link", "del", name, check=False)
-
-
-def test_user_and_vrf_filters_and_json(trace):
+def test_user_and_vrf_filters_and_json(trace, other_vrf):  # noqa: F811 (the fixture)
     """--user root --vrf mgmt --json beside the unfiltered tracer: root's socket
     in mgmt appears in both; root's in another VRF and op1's in mgmt only in
     the unfiltered one."""
     filtered = Trace("--user", "root", "--vrf", VRF, "--json")
     try:
         filtered.wait_ready()
-        with other_vrf() as blue:
-            pids = {where: int(run("ip", "vrf", "exec", vrf, PY, "-c", MAKE_SOCKET, cwd="/").stdout)
-                    for where, vrf in (("root in mgmt", VRF), ("root in blue", blue))}
+        pids = {where: int(run("ip", "vrf", "exec", vrf, PY, "-c", MAKE_SOCKET, cwd="/").stdout)
+                for where, vrf in (("root in mgmt", VRF), ("root in another VRF", other_vrf))}
         pids["op1 in mgmt"], _ = login_running(f"{PY} -c " + vmlib.q(MAKE_SOCKET + "; import time; time.sleep(2)"))
         for where, pid in pids.items():
             trace.wait(f"the unfiltered line of {where}", lambda: trace.lines_of(pid), 60)
@@ -208,7 +197,7 @@ def test_user_and_vrf_filters_and_json(trace):
             "verdict": "bound", "device": VRF}, found
         time.sleep(2)       # the filtered tracer had as long as the unfiltered one, and more
         seen = {json.loads(line)["pid"] for line in filtered.lines}
-        assert pids["root in blue"] not in seen and pids["op1 in mgmt"] not in seen, (pids, filtered.lines)
+        assert pids["root in another VRF"] not in seen and pids["op1 in mgmt"] not in seen, (pids, filtered.lines)
         assert {json.loads(line)["user"] for line in filtered.lines} == {"root"}
         assert {json.loads(line)["vrf"] for line in filtered.lines} == {VRF}
     finally:
