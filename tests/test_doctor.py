@@ -26,7 +26,7 @@ import pytest
 from conftest import PY, REPO, sh, spawn, uid_tag
 from pam_vrf import cgroup
 from pam_vrf.bpf import cgroup_link, sockprog, syscall
-from pam_vrf.doctor import Finding, daemon, kernel, resolver
+from pam_vrf.doctor import Finding, config, daemon, kernel, resolver, routes
 
 RESPONDER = textwrap.dedent("""
     import socket
@@ -422,3 +422,67 @@ def test_resolv_conf_parsing_and_dns_packets(tmp_path):
     assert query[:2] == b"\x12\x34" and len(query) == 17
     assert resolver.is_answer(query[:2] + b"\x81\x80" + query[4:], 0x1234)
     assert not resolver.is_answer(query, 0x1234) and not resolver.is_answer(b"\x12\x34\x81", 0x1234)
+
+
+def test_nsswitch_hosts_line_and_what_systemd_resolved_changes(tmp_path):
+    """The resolver findings per set-up (the VM proves the behaviour behind them:
+    tests/vm/test_vm_names.py)."""
+    nsswitch = tmp_path / "nsswitch.conf"
+    nsswitch.write_text("passwd: files\nhosts:  files resolve [!UNAVAIL=return] dns myhostname  # x\n")
+    assert resolver.hosts_sources(str(nsswitch)) == ["files", "resolve", "dns", "myhostname"]
+    assert resolver.nss_resolve_first(resolver.hosts_sources(str(nsswitch)))
+    assert not resolver.nss_resolve_first(["files", "dns", "resolve"]) and not resolver.nss_resolve_first(["files"])
+    assert resolver.hosts_sources(str(tmp_path / "none")) == ["dns", "files"]     # glibc's default
+    assert [resolver._server_address(s) for s in ("10.0.0.1", "10.0.0.1:53#dns.example", "[fe80::1%2]:53",
+                                                  "fd00::1")] == ["10.0.0.1", "10.0.0.1", "fe80::1%2", "fd00::1"]
+    assert not resolver.resolved_running(str(tmp_path / "no-socket"))
+
+    # A /sys/class/net-like tree: eth1 and eth2 enslaved to mgmt, eth0 to nothing.
+    sys_net = tmp_path / "net"
+    for link, master in (("mgmt", None), ("eth0", None), ("eth1", "mgmt"), ("eth2", "mgmt")):
+        (sys_net / link).mkdir(parents=True)
+        if master:
+            (sys_net / link / "master").symlink_to(f"../{master}")
+    assert resolver.vrf_links("mgmt", str(sys_net)) == ["eth1", "eth2"]
+    vrf = config.Vrf("mgmt", False, 7, "/etc/security/vrf.conf:3")
+
+    on_vrf = resolver.Resolved(True, True, {"eth1": (["10.9.0.2:53#ns.example"], ["~mgmt.example"]),
+                                            "eth0": (["192.0.2.1"], [])})
+    assert on_vrf.in_use
+    assert resolver.vrf_servers(on_vrf, "mgmt", str(sys_net)) == [("eth1", "10.9.0.2", ["~mgmt.example"])]
+    findings = []
+    resolver._resolved_findings(findings, on_vrf, vrf, "/etc/nsswitch.conf", str(sys_net))
+    assert [(f.level, f.what) for f in findings] == [(
+        "ok", "systemd-resolved (nss-resolve in /etc/nsswitch.conf): getaddrinfo() in sessions placed in mgmt asks "
+        "resolved over AF_UNIX, and resolved asks 10.9.0.2 on eth1 (domains: ~mgmt.example): link(s) of mgmt, so "
+        "through mgmt")]
+
+    off_vrf = resolver.Resolved(True, True, {"eth0": (["192.0.2.1"], [])})
+    findings = []
+    resolver._resolved_findings(findings, off_vrf, vrf, "/etc/nsswitch.conf", str(sys_net))
+    (f,) = findings
+    assert f.level == "warning" and f.what == ("systemd-resolved (nss-resolve in /etc/nsswitch.conf) has no DNS "
+                                               "server on a link of VRF mgmt (eth1, eth2)")
+    assert "resolved asks the default VRF's servers" in f.why and f.fix.startswith("resolvectl dns eth1 <server>;")
+
+    stub_with_resolve = resolver._loopback_finding("127.0.0.53", vrf, on_vrf, "/etc/resolv.conf", "/etc/nsswitch.conf")
+    assert stub_with_resolve.level == "warning" and "getaddrinfo() goes to systemd-resolved" in stub_with_resolve.why
+    assert "(dig, host, nslookup) fail" in stub_with_resolve.why
+    stub_alone = resolver._loopback_finding("127.0.0.53", vrf, resolver.Resolved(False, True, {}),
+                                            "/etc/resolv.conf", "/etc/nsswitch.conf")
+    assert "name look-ups in sessions placed in mgmt fail (nss-resolve is not used)" in stub_alone.why
+    assert stub_alone.fix.startswith("put `resolve [!UNAVAIL=return]` before `dns` on the hosts line")
+    resolve_stopped = resolver._loopback_finding("127.0.0.53", vrf, resolver.Resolved(True, False, {}),
+                                                 "/etc/resolv.conf", "/etc/nsswitch.conf")
+    assert "systemd-resolved is not running" in resolve_stopped.why
+
+
+def test_routes_check_skips_plain_targets_and_says_when_it_cannot_read():
+    """The VM proves what a VRF table without a default route does (tests/vm/test_vm_names.py);
+    here: a `plain` target has no table of its own, and a failed read is said, not taken for ok."""
+    findings = []
+    routes.check(findings, [config.Vrf("eth0", True, 2, "/etc/security/vrf.conf:1")])
+    assert findings == []
+    routes.check(findings, [config.Vrf("pvnovrf0", False, 99, "/etc/security/vrf.conf:1")])
+    assert [(f.check, f.level) for f in findings] == [("routes", "warning")] * 2, findings
+    assert findings[0].what.startswith("VRF pvnovrf0: IPv4 routes not read: ")

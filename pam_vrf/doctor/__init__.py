@@ -8,11 +8,14 @@ Checks, in order (each module's docstring has the details):
   kernel     cgroup2, CGROUP_BPF, the VRF driver, cgroup v1 net_cls/net_prio
   helper     reachable on both sockets, its uid, its exact capabilities
   config     vrf.conf parses; every VRF it names exists (and is a VRF)
+  routes     every VRF's table ends in a default route (else lookups fall
+             through to the main table: sessions send outside the VRF)
   pam        pamstack.audit(), and which entry each login service uses
   ancestors  foreign sock_create programs above session cgroups
   self-test  per VRF: a throwaway process in a throwaway cgroup with the
              VRF's program gets bound sockets, and deny= refuses (live)
-  resolver   nameservers on the default VRF's loopback, and a live DNS
+  resolver   nameservers on the default VRF's loopback; with nss-resolve,
+             systemd-resolved's servers on each VRF's links; a live DNS
              query through each VRF
 
 Root runs everything; anyone else gets what can run without privileges and
@@ -68,7 +71,7 @@ def _guarded(findings, check, step, *args, default=None):
 
 def run(options):
     """Every finding, in check order."""
-    from pam_vrf.doctor import ancestors, config, daemon, kernel, live, resolver, stacks
+    from pam_vrf.doctor import ancestors, config, daemon, kernel, live, resolver, routes, stacks
 
     findings = []
     root = os.geteuid() == 0
@@ -86,6 +89,7 @@ def run(options):
     helper_pid = _guarded(findings, "helper", daemon.check, findings, options.socket, root)
     findings += config_findings
     vrfs = _guarded(findings, "config", config.check_devices, findings, rules, devices, helper_pid, default=[])
+    _guarded(findings, "routes", routes.check, findings, vrfs)
     _guarded(findings, "pam", stacks.check, findings, options.pam_dir)
     if root and mount:
         _guarded(findings, "ancestors", ancestors.check, findings, mount)
