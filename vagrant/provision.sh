@@ -177,6 +177,21 @@ Name=$VRF
 [Network]
 LinkLocalAddressing=no
 
+# Every VRF table ends in an unreachable default (the kernel's vrf.rst): a
+# lookup the table misses must not go on to the main table and send through
+# a default-VRF link (pam-vrf doctor, check routes: an error without them).
+[Route]
+Type=unreachable
+Destination=0.0.0.0/0
+Table=$VRF_TABLE
+Metric=4278198272
+
+[Route]
+Type=unreachable
+Destination=::/0
+Table=$VRF_TABLE
+Metric=4278198272
+
 [Link]
 RequiredForOnline=no
 EOF

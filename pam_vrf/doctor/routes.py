@@ -59,9 +59,12 @@ def check(findings, vrfs):
         names = " and ".join(name for _, name in missing)
         fix = "; ".join(f"ip {family} route add unreachable default metric {LAST_METRIC} vrf {vrf.name}"
                         for family, _ in missing)
+        # An error: confinement is the promise, and this lets any placed
+        # session send (UDP datagrams, TCP SYNs) into default-VRF networks.
         findings.append(Finding(
-            "routes", "warning", f"VRF {vrf.name}: its table has no {names} default route",
+            "routes", "error", f"VRF {vrf.name}: its table has no {names} default route",
             f"an address it has no route for is looked up in the main table next: sockets of sessions placed in "
-            f"{vrf.name} then send through links of the default VRF (and get no answer back)",
+            f"{vrf.name} then send through links of the default VRF (answers do not come back, but what is "
+            f"sent leaves: a placed session can send into the default VRF's networks)",
             f"{fix} (persistent: a [Route] with Type=unreachable, Destination=0.0.0.0/0 or ::/0, Table= the "
             f"VRF's table and Metric={LAST_METRIC} in its systemd-networkd .network file)"))

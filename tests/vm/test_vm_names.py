@@ -34,6 +34,8 @@ import vmlib  # noqa: E402
 from vm_names import ANSWERS, APT_INSTALL, APT_UPDATE, DNS_PROBE, REPO, STUB, WHERE  # noqa: E402
 from vmlib import PAM_VRF, PY, PROBE, VRF, peers, run  # noqa: E402,F401 (peers: a fixture)
 
+from pam_vrf.doctor.routes import LAST_METRIC  # noqa: E402  (vrf.rst's metric: after every other default)
+
 pytestmark = vmlib.vm_only
 
 ROOT_RULE = f"root {VRF} services=sshd"
@@ -265,18 +267,28 @@ def address_on(netns, dev, cidr):
 
 
 @contextlib.contextmanager
-def unreachable_defaults(vrf=VRF):
-    """vrf.rst's fix: an unreachable default route, last metric, per family, in the VRF's table."""
-    added = []
+def without_unreachable_defaults(vrf=VRF):
+    """The lab's table ends in vrf.rst's unreachable defaults (provision.sh):
+    take them away for a while, to show what happens without them."""
+    removed = []
     try:
         for family in ("-4", "-6"):
-            run("ip", family, "route", "add", "unreachable", "default", "metric", "4278198272", "vrf", vrf)
-            added.append(family)
+            run("ip", family, "route", "del", "unreachable", "default", "metric", LAST_METRIC, "vrf", vrf)
+            removed.append(family)
         yield
     finally:
-        for family in added:
-            run("ip", family, "route", "del", "unreachable", "default", "metric", "4278198272", "vrf", vrf,
+        for family in removed:
+            run("ip", family, "route", "add", "unreachable", "default", "metric", LAST_METRIC, "vrf", vrf,
                 check=False)
+
+
+# Sent from a placed session (op1, @netops mgmt): one DNS query for x.lab to
+# 10.98.0.2, a server only the main table routes. Prints "sent" or the errno name.
+SEND_TO_PROD = (f"{PY} -c 'import errno, socket, struct; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+                "q = struct.pack(\"!6H\", 7, 256, 1, 0, 0, 0) + bytes([1]) + b\"x\" + bytes([3]) + b\"lab\" + bytes(1) "
+                "+ struct.pack(\"!HH\", 1, 1)\n"
+                "try:\n    s.sendto(q, (\"10.98.0.2\", 53)); print(\"sent\")\n"
+                "except OSError as e:\n    print(errno.errorcode[e.errno])'")
 
 
 def from_vrf(log):
@@ -285,55 +297,71 @@ def from_vrf(log):
 
 
 def test_doctor_healthy_vm_exits_0_and_a_resolver_the_vrf_cannot_route_to_is_an_error():
+    # systemd-networkd adds the lab's unreachable defaults (provision.sh) once mgmt is up.
+    vmlib.wait_until("the unreachable defaults of table 10", lambda: all(
+        "unreachable default" in run("ip", family, "route", "show", "vrf", VRF).stdout for family in ("-4", "-6")))
     with vm_names.dns_servers(), vm_names.plain_resolver():
         proc = doctor()
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert f"nameserver {vm_names.PEER_ADDR} answers through VRF {VRF}" in proc.stdout, proc.stdout
-        # The lab's table 10 holds only its connected routes (what the next part shows).
-        assert f"warning routes: VRF {VRF}: its table has no IPv4 and IPv6 default route" in proc.stdout
+        assert f"ok      routes: VRF {VRF}: its table ends in a default route" in proc.stdout, proc.stdout
         findings = json.loads(run(PAM_VRF, "doctor", "--json", timeout=120).stdout)
         assert not [f for f in findings if f["level"] == "error"], findings
         assert {f["check"] for f in findings} >= {"kernel", "helper", "config", "routes", "pam", "self-test",
                                                   "resolver"}
-        with unreachable_defaults():
+        # Without vrf.rst's unreachable defaults, placed sessions can send into
+        # the default VRF's networks: an error.
+        with without_unreachable_defaults():
             proc = doctor()
-            assert proc.returncode == 0 and f"ok      routes: VRF {VRF}: its table ends in a default route" \
-                in proc.stdout, proc.stdout
+            assert proc.returncode == 1, proc.stdout + proc.stderr
+            errors = [line for line in proc.stdout.splitlines() if line.startswith("error")]
+            assert len(errors) == 1 and errors[0].startswith(
+                f"error   routes: VRF {VRF}: its table has no IPv4 and IPv6 default route (an address it has no "
+                f"route for is looked up in the main table next"), proc.stdout
+            assert f"ip -4 route add unreachable default metric {LAST_METRIC} vrf {VRF}" in errors[0], errors
 
     # 10.98.0.2: prod-peer's second address, routed in the main table only.
     with address_on(None, "veth-prod", "10.98.0.1/24"), address_on("prod-peer", "eth0", "10.98.0.2/24"), \
             vm_names.dns_server("prod-peer", "10.98.0.2", [("x.lab", "10.98.0.9")]) as log, \
             vm_names.plain_resolver("10.98.0.2"):
         assert first_address(run("getent", "hosts", "x.lab").stdout) == "10.98.0.9"
-        # Table 10 has no route to it: the lookup falls through to main, out of veth-prod.
-        route = run("ip", "route", "get", "10.98.0.2", "vrf", VRF).stdout
-        print(f"\n$ ip route get 10.98.0.2 vrf {VRF}\n{route}")
-        assert "dev veth-prod" in route, route
+        # The lab's table 10 ends in an unreachable default: no route to it from the VRF.
+        assert "No route to host" in run("ip", "route", "get", "10.98.0.2", "vrf", VRF, check=False).stderr
         proc = doctor()
         assert proc.returncode == 1, proc.stdout + proc.stderr
         errors = [line for line in proc.stdout.splitlines() if line.startswith("error")]
-        assert len(errors) == 1 and errors[0].startswith(
-            f"error   resolver: {vm_names.RESOLV}: nameserver 10.98.0.2 is not reachable through VRF {VRF} ("), errors
-        assert "it answers this command outside the VRF" in errors[0], errors
-        assert "the query leaves through veth-prod, a link of the default VRF" in errors[0], errors
-        leaked = from_vrf(log)
-        print("10.98.0.2's queries from 10.99.0.1 (the doctor's socket bound to mgmt):", leaked)
-        assert leaked, vm_names.read(log)
+        assert errors == [
+            f"error   resolver: {vm_names.RESOLV}: nameserver 10.98.0.2 is not reachable through VRF {VRF} "
+            f"(host unreachable (an unreachable route, or no neighbour answers)); it answers this command "
+            f"outside the VRF (the VRF {VRF} has no "
+            f"route to it: name look-ups in its sessions fail; route 10.98.0.2 through {VRF} or give the VRF's "
+            f"links a DNS server they reach (resolvectl dns <link> <server>); point resolv.conf at a server "
+            f"reachable through {VRF})"], proc.stdout
+        assert from_vrf(log) == [], "a query from the VRF left through the default VRF"
+        # The attack: a placed user sends into the default VRF's network. Refused at once.
+        assert vmlib.ssh("op1", SEND_TO_PROD).stdout.split() == ["EHOSTUNREACH"]
+        assert from_vrf(log) == [], "a placed session's datagram left through the default VRF"
 
-        # With vrf.rst's unreachable defaults the VRF really has no route to it.
-        with unreachable_defaults():
-            assert "No route to host" in run("ip", "route", "get", "10.98.0.2", "vrf", VRF, check=False).stderr
+        # Without them the lookup falls through to main, out of veth-prod: the leak.
+        with without_unreachable_defaults():
+            route = run("ip", "route", "get", "10.98.0.2", "vrf", VRF).stdout
+            print(f"\n$ ip route get 10.98.0.2 vrf {VRF}\n{route}")
+            assert "dev veth-prod" in route, route
             proc = doctor()
             assert proc.returncode == 1, proc.stdout + proc.stderr
             errors = [line for line in proc.stdout.splitlines() if line.startswith("error")]
-            assert errors == [
-                f"error   resolver: {vm_names.RESOLV}: nameserver 10.98.0.2 is not reachable through VRF {VRF} "
-                f"(host unreachable (an unreachable route, or no neighbour answers)); it answers this command "
-                f"outside the VRF (the VRF {VRF} has no "
-                f"route to it: name look-ups in its sessions fail; route 10.98.0.2 through {VRF} or give the VRF's "
-                f"links a DNS server they reach (resolvectl dns <link> <server>); point resolv.conf at a server "
-                f"reachable through {VRF})"], proc.stdout
-            assert from_vrf(log) == leaked, "a query from the VRF left through the default VRF"
+            assert len(errors) == 2 and errors[0].startswith(
+                f"error   routes: VRF {VRF}: its table has no IPv4 and IPv6 default route ("), errors
+            assert errors[1].startswith(f"error   resolver: {vm_names.RESOLV}: nameserver 10.98.0.2 is not "
+                                        f"reachable through VRF {VRF} ("), errors
+            assert "it answers this command outside the VRF" in errors[1], errors
+            assert "the query leaves through veth-prod, a link of the default VRF" in errors[1], errors
+            leaked = from_vrf(log)
+            print("10.98.0.2's queries from 10.99.0.1 (the doctor's socket bound to mgmt):", leaked)
+            assert leaked, vm_names.read(log)
+            # ...and so do a placed user's: what the routes check's error is about.
+            assert vmlib.ssh("op1", SEND_TO_PROD).stdout.split() == ["sent"]
+            vmlib.wait_until("op1's datagram at the default VRF's server", lambda: len(from_vrf(log)) > len(leaked))
 
 
 # --- pam-vrf exec default ------------------------------------------------------------------------
