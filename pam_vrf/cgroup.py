@@ -35,7 +35,8 @@ Mount = namedtuple("Mount", ["fstype", "point", "root", "options"])
 
 def mounts(mountinfo="/proc/self/mountinfo"):
     """Yield a Mount for every line of a mountinfo file."""
-    with open(mountinfo) as f:
+    # Mount points are bytes: one a user made (FUSE) may not be UTF-8.
+    with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
         for line in f:
             fields = line.split()
             try:
@@ -82,12 +83,21 @@ class _OwnMountCache:
         with self._lock:
             if self._poller is None:
                 f = open(self.PATH, "rb")       # kept open: the change flag lives on it
-                self._poller = self._select.poll()
-                self._poller.register(f, self._select.POLLPRI | self._select.POLLERR)
-                self._file = f
-                self._value = _first_cgroup2(self.PATH)
+                poller = self._select.poll()
+                poller.register(f, self._select.POLLPRI | self._select.POLLERR)
+                try:
+                    self._value = _first_cgroup2(self.PATH)
+                except BaseException:
+                    f.close()                   # not cached: the next call tries again
+                    raise
+                self._poller, self._file = poller, f
             elif self._poller.poll(0):
-                self._value = _first_cgroup2(self.PATH)
+                try:
+                    self._value = _first_cgroup2(self.PATH)
+                except BaseException:
+                    self._poller = None         # not cached: the next call tries again
+                    self._file.close()
+                    raise
             return self._value
 
 
@@ -126,7 +136,8 @@ def mount_point(create=False):
 def cgroup_of(pid="self"):
     """The cgroup v2 path of a process, as /proc/PID/cgroup shows it ('0::/...')."""
     try:
-        with open(f"/proc/{pid}/cgroup") as f:
+        # cgroup names in a tree delegated to a user are its choice of bytes.
+        with open(f"/proc/{pid}/cgroup", errors="surrogateescape") as f:
             for line in f:
                 if line.startswith("0::"):
                     return line[3:].rstrip("\n")

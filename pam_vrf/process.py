@@ -55,7 +55,8 @@ def alive(pidfd):
 
 
 def _uids(pid):
-    with open(f"/proc/{pid}/status") as f:
+    # comm (Name:, and in stat) is the caller's choice of bytes: never strict UTF-8.
+    with open(f"/proc/{pid}/status", errors="surrogateescape") as f:
         for line in f:
             if line.startswith("Uid:"):
                 fields = line.split()
@@ -64,7 +65,7 @@ def _uids(pid):
 
 
 def is_kernel_thread(pid):
-    with open(f"/proc/{pid}/stat") as f:
+    with open(f"/proc/{pid}/stat", errors="surrogateescape") as f:
         data = f.read()
     fields = data[data.rindex(")") + 2:].split()     # comm may hold spaces and ')'
     return bool(int(fields[6]) & PF_KTHREAD)

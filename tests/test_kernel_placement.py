@@ -329,9 +329,13 @@ def test_the_cached_cgroup2_mount_follows_mount_table_changes(tmp_path):
     the mount gone, then another in its place, in a private mount namespace)
     must be seen at the next look-up, never a stale directory."""
     code = textwrap.dedent(f"""
-        import json, subprocess, sys
+        import json, os, subprocess, sys
         sys.path.insert(0, {REPO!r})
         from pam_vrf import cgroup
+        # A mount point that is not UTF-8 (a user's FUSE mount may be) first.
+        odd = os.path.join(os.fsencode({str(tmp_path)!r}), b"\\xff")
+        os.mkdir(odd)
+        subprocess.run([b"mount", b"-t", b"tmpfs", b"none", odd], check=True)
         seen = [cgroup.find_mount(), cgroup.find_mount()]
         for point in [m.point for m in cgroup.mounts() if m.fstype == "cgroup2"]:
             subprocess.run(["umount", "-l", point], check=True)
@@ -345,3 +349,29 @@ def test_the_cached_cgroup2_mount_follows_mount_table_changes(tmp_path):
     assert first == again and first == list(cgroup.find_mount("/proc/self/mountinfo"))
     assert gone is None
     assert new == [str(tmp_path), "/"]
+
+
+def test_names_a_user_chose_in_bytes_do_not_break_the_helpers_reads(sandbox_cgroup):
+    """comm (a symlink named b"\\xff" to su gives su that comm) and cgroup
+    names in a delegated tree are bytes a user chose: reading them (uids,
+    kernel-thread check, cgroup path) must not fail on them."""
+    from pam_vrf import process
+    odd = os.path.join(os.fsencode(sandbox_cgroup), b"\xff")
+    os.mkdir(odd)
+    code = ("import ctypes, sys, time; ctypes.CDLL(None).prctl(15, b'\\xff\\xfe', 0, 0, 0); "
+            "print('ready', flush=True); time.sleep(30)")
+    child = subprocess.Popen([PY, "-c", code], stdout=subprocess.PIPE)
+    try:
+        assert child.stdout.readline() == b"ready\n"
+        with open(os.path.join(odd, b"cgroup.procs"), "w") as f:
+            f.write(str(child.pid))
+        with open(f"/proc/{child.pid}/comm", "rb") as f:
+            assert f.read() == b"\xff\xfe\n"
+        assert process._uids(child.pid) == (0, 0)
+        assert process.is_kernel_thread(child.pid) is False
+        where = cgroup.cgroup_of(child.pid)
+        assert os.fsencode(where).endswith(b"/\xff")
+        assert os.path.isdir(cgroup.fs_path(where))
+    finally:
+        child.kill()
+        child.wait()
