@@ -31,6 +31,7 @@ error (not root, the probe cannot be attached); 3 this host cannot run it
 """
 
 import ctypes
+import errno
 import datetime
 import importlib
 import json
@@ -80,6 +81,10 @@ BPF_PERF_OUTPUT(events);
 
 int on_entry(struct pt_regs *ctx, struct sock *sk, int atype)
 {
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    /* A return probe the kernel missed (out of kretprobe instances) must not
+       leave this thread's last socket for the next return to report. */
+    started.delete(&tid);
     if (atype != ATYPE_INET_SOCK_CREATE)
         return 0;
 #ifdef ONLY_UID
@@ -89,7 +94,6 @@ int on_entry(struct pt_regs *ctx, struct sock *sk, int atype)
     u64 cg = bpf_get_current_cgroup_id();
     if (ignored.lookup(&cg))
         return 0;
-    u32 tid = (u32)bpf_get_current_pid_tgid();
     u64 ptr = (u64)sk;
     started.update(&tid, &ptr);
     return 0;
@@ -178,6 +182,9 @@ FILEID_KERNFS = 0xFE
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+_UNSUPPORTED = object()     # open_by_handle_at cannot answer here: walk the tree
+
+
 class CgroupPaths:
     """cgroup id -> directory under the cgroup2 mount (None once it is gone)."""
 
@@ -189,17 +196,26 @@ class CgroupPaths:
     def close(self):
         os.close(self._mount_fd)
 
+    CACHE_MAX = 65536
+
     def path(self, cgroup_id):
         if cgroup_id not in self._cache:
-            self._cache[cgroup_id] = self._by_handle(cgroup_id) or self._by_walk(cgroup_id)
+            if len(self._cache) >= self.CACHE_MAX:
+                self._cache.clear()     # cgroups come and go: never grow without end
+            found = self._by_handle(cgroup_id)
+            self._cache[cgroup_id] = self._by_walk(cgroup_id) if found is _UNSUPPORTED else found
         return self._cache[cgroup_id]
 
     def _by_handle(self, cgroup_id):
-        """The kernel's own answer: cgroup2 file handles are the cgroup id."""
+        """The kernel's own answer: cgroup2 file handles are the cgroup id.
+        None when the cgroup is gone (ESTALE): no walk then, or a user who
+        makes and removes cgroups in a loop would have us walk the whole tree
+        for each of its sockets."""
         handle = _FileHandle(8, FILEID_KERNFS, cgroup_id)
         fd = _libc.open_by_handle_at(self._mount_fd, ctypes.byref(handle), os.O_RDONLY | os.O_CLOEXEC)
         if fd < 0:
-            return None
+            err = ctypes.get_errno()
+            return _UNSUPPORTED if err in (errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM, errno.EINVAL) else None
         try:
             return os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
@@ -257,10 +273,36 @@ class State:
 
 
 def vrf_of_path(path):
+    if os.path.basename(path) == cgroup.VRF_DIR:
+        return cgroup.DEFAULT_VRF      # <base>/vrf itself: iproute2's default VRF
     name = cgroup.vrf_of(path)
     if name is None:
         return None
-    return name.split("/", 1)[0] or "default"
+    return name.split("/", 1)[0] or cgroup.DEFAULT_VRF
+
+
+def owner_of(path):
+    """The uid owning a cgroup directory (None if gone). iproute2's and the
+    helper's are root's; one a user made in a tree delegated to it is not,
+    and its name proves nothing."""
+    try:
+        return os.stat(path).st_uid
+    except OSError:
+        return None
+
+
+# Everything a line prints that a user chose (comm, cgroup names, user names)
+# goes out escaped: no terminal escapes into root's terminal, no space that
+# forges a field.
+_UNSAFE_ASCII = {c: f"\\x{c:02x}" for c in [*range(0x21), 0x7f]}
+
+
+def printable(text):
+    text = str(text).translate(_UNSAFE_ASCII)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   for c in text)
 
 
 # --- the lines ---------------------------------------------------------------------------------
@@ -377,11 +419,14 @@ class Tracer:
         if vrf is None or (self.args.vrf and vrf != self.args.vrf):
             self.ignored[self.ignored.Key(e.cgroup)] = self.ignored.Leaf(1)
             return
+        made_by = None if entry else owner_of(path)
         fields = {
             "time": self.boot_offset + e.ts / 1e9, "pid": e.pid, "uid": e.uid,
             "user": _user(e.uid), "comm": e.comm.decode(errors="replace"), "vrf": vrf,
             "cgroup": path, "family": e.family, "type": e.type, "protocol": e.protocol,
             "ret": e.ret, "bound_dev_if": e.bound_dev_if,
+            # Not recorded by the helper and not root's: a name a user chose.
+            "made_by_uid": made_by if made_by else None,
         }
         if entry is None and e.ret != 0:
             # Refused in a VRF cgroup the helper has not written down yet: wait for it.
@@ -404,12 +449,17 @@ class Tracer:
                                 entry, _ifname)
         if self.args.json:
             record = {k: f[k] for k in ("time", "pid", "uid", "user", "comm", "vrf", "cgroup")}
+            if f.get("made_by_uid") is not None:
+                record["made_by_uid"] = f["made_by_uid"]
             record["socket"] = socket_text(f["family"], f["type"], f["protocol"])
             record.update(result)
             line = json.dumps(record, sort_keys=True)
         else:
             stamp = datetime.datetime.fromtimestamp(f["time"]).strftime("%H:%M:%S.%f")[:-3]
-            line = (f"{stamp} pid={f['pid']} user={f['user']} comm={f['comm']} vrf={f['vrf']} "
+            vrf = printable(f["vrf"])
+            if f.get("made_by_uid") is not None:
+                vrf += f"(cgroup-of-uid-{f['made_by_uid']})"
+            line = (f"{stamp} pid={f['pid']} user={printable(f['user'])} comm={printable(f['comm'])} vrf={vrf} "
                     f"{socket_text(f['family'], f['type'], f['protocol'])} {words}")
         print(line, file=self.out)
 

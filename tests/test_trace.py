@@ -156,6 +156,47 @@ def test_lines_and_json_lines(tmp_path):
                                 r"refused deny=inet6 rule=/etc/security/vrf.conf:7\n", out.getvalue()), out.getvalue()
 
 
+def test_names_a_user_chose_cannot_reach_roots_terminal_or_forge_fields(tmp_path):
+    """comm (prctl), cgroup names in a delegated tree (user@UID.service) and
+    user names are a user's choice: a line prints them escaped, and a VRF
+    name the helper did not record, in a cgroup root did not make, says whose
+    cgroup it is."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (the cgroup2 mount for cgroup ids)")
+    hostile = "\x1b]0;pwn\x07 vrf=mgmt\x9b\udcff"
+    event = {"time": 1700000000.25, "pid": 42, "uid": 1000, "user": "u\nx", "comm": hostile, "vrf": hostile,
+             "cgroup": "/x/vrf/" + hostile, "family": 2, "type": 2, "protocol": 17, "ret": 0,
+             "bound_dev_if": 0, "made_by_uid": 1000}
+    out = io.StringIO()
+    tracer = trace.Tracer(argparse.Namespace(state=str(tmp_path / "none.json"), json=False, user=None, vrf=None),
+                          out)
+    try:
+        tracer._emit(event, None)
+    finally:
+        tracer.stop()
+    line = out.getvalue()
+    assert line.count("\n") == 1 and line.isascii() and all(c.isprintable() for c in line.rstrip("\n")), line
+    assert " comm=\\x1b]0;pwn\\x07\\x20vrf=mgmt\\x9b\\udcff " in line, line
+    assert " vrf=\\x1b]0;pwn\\x07\\x20vrf=mgmt\\x9b\\udcff(cgroup-of-uid-1000) " in line, line
+    assert " user=u\\x0ax " in line and line.endswith(" unbound\n"), line
+    assert line.count(" vrf=") == 1
+
+
+def test_a_cgroup_gone_before_its_event_is_not_searched_for(sandbox_cgroup):
+    """A user making and removing cgroups in a loop must not make the tracer
+    walk the whole tree for each socket: a gone cgroup id maps to None."""
+    gone = os.path.join(sandbox_cgroup, "gone")
+    os.mkdir(gone)
+    ident = os.stat(gone).st_ino
+    os.rmdir(gone)
+    paths = trace.CgroupPaths()
+    try:
+        paths._by_walk = None               # calling it would fail the test
+        assert paths.path(ident) is None
+    finally:
+        paths.close()
+
+
 def test_denied_by_is_the_first_matching_item():
     items = sockspec.parse_deny("dgram,inet6,*:stream:mptcp")
     assert sockspec.denied_by(items, 10, 2, 17).text == "dgram"         # order as in the program
@@ -176,6 +217,7 @@ def test_cgroup_ids_map_to_their_directories(sandbox_cgroup):
         assert trace.vrf_of_path(inside) == "x" and trace.vrf_of_path(sandbox_cgroup) is None
         assert trace.vrf_of_path(inside + "/deeper") == "x"
         assert trace.vrf_of_path(os.path.join(sandbox_cgroup, "vrf", "")) == "default"
+        assert trace.vrf_of_path(os.path.join(sandbox_cgroup, "vrf")) == "default"    # iproute2's default VRF
     finally:
         paths.close()
 
