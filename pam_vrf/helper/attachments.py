@@ -105,7 +105,7 @@ class Attachments:
                 except OSError as e:
                     if self.log:
                         self.log.err(f"cannot re-attach {path} to {vrf} (ifindex {ifindex}): {e}")
-        self.flush()
+        self.save()
         self._release_unused()
         return done
 
@@ -120,6 +120,12 @@ class Attachments:
         used = {settings(e.rule, e.ifindex) for e in self.entries.values()}
         for key in [k for k in self._fds if k not in used]:
             os.close(self._fds.pop(key)[0])
+
+    def save(self):
+        """Write the state file if anything changed (every FLUSH_DELAY while
+        logins arrive): no sweep of every session here, that is flush()'s."""
+        if self.dirty:
+            self._write_state()
 
     def flush(self):
         """Forget cgroups that no longer exist (ended sessions), write the state

@@ -176,7 +176,9 @@ class Server:
                 attachments.flush()         # ended sessions: forget them, unload unused programs
                 prune_at = time.monotonic() + PRUNE_EVERY
             if flush_at is not None and time.monotonic() >= flush_at:
-                attachments.flush()
+                # The state file only: sweeping every session's cgroup here
+                # cost ~420 ms at 10 000 sessions, every 0.5 s of a login burst.
+                attachments.save()
                 flush_at = None
 
     def _root_first(self):
