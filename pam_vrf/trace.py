@@ -282,9 +282,10 @@ def vrf_of_path(path):
 
 
 def owner_of(path):
-    """The uid owning a cgroup directory (None if gone). iproute2's and the
-    helper's are root's; one a user made in a tree delegated to it is not,
-    and its name proves nothing."""
+    """The uid owning a cgroup directory (None if gone). iproute2's are
+    root's and the helper's its own user's (who owns its state file); one a
+    user made in a tree delegated to it is neither, and its name proves
+    nothing."""
     try:
         return os.stat(path).st_uid
     except OSError:
@@ -366,6 +367,10 @@ class Tracer:
     def __init__(self, args, out=sys.stdout):
         self.args, self.out = args, out
         self.state = State(args.state)
+        # Who makes VRF cgroups: root (iproute2) and the helper's user, which
+        # owns its state directory (the helper may not have written a new
+        # session down yet when its first socket is made).
+        self.trusted_uids = {0} | {uid for uid in (owner_of(os.path.dirname(args.state)),) if uid is not None}
         self.paths = CgroupPaths()
         self.pending = []                   # (deadline, event fields, path): waiting for the state file
         self.boot_offset = time.time() - time.monotonic()   # bpf_ktime_get_ns is CLOCK_MONOTONIC
@@ -420,6 +425,8 @@ class Tracer:
             self.ignored[self.ignored.Key(e.cgroup)] = self.ignored.Leaf(1)
             return
         made_by = None if entry else owner_of(path)
+        if made_by in self.trusted_uids:
+            made_by = None
         fields = {
             "time": self.boot_offset + e.ts / 1e9, "pid": e.pid, "uid": e.uid,
             "user": _user(e.uid), "comm": e.comm.decode(errors="replace"), "vrf": vrf,

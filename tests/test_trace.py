@@ -182,6 +182,22 @@ def test_names_a_user_chose_cannot_reach_roots_terminal_or_forge_fields(tmp_path
     assert line.count(" vrf=") == 1
 
 
+def test_cgroups_of_root_and_of_the_helpers_user_are_trusted(tmp_path):
+    """The helper (its own user, owner of its state directory) makes session
+    VRF cgroups before writing them down: their names need no owner mark."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (chown)")
+    state_dir = tmp_path / "helper"
+    state_dir.mkdir()
+    os.chown(state_dir, 4242, 4242)
+    tracer = trace.Tracer(argparse.Namespace(state=str(state_dir / "attachments.json"), json=False, user=None,
+                                             vrf=None), io.StringIO())
+    try:
+        assert tracer.trusted_uids == {0, 4242}
+    finally:
+        tracer.stop()
+
+
 def test_a_cgroup_gone_before_its_event_is_not_searched_for(sandbox_cgroup):
     """A user making and removing cgroups in a loop must not make the tracer
     walk the whole tree for each socket: a gone cgroup id maps to None."""
