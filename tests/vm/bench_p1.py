@@ -41,7 +41,6 @@ Everything it creates (PAM services, symlinks, sshd processes, cgroups) is remov
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import pwd
@@ -366,12 +365,7 @@ def main():
         f"verdict (after its move): median {med(gaps) if gaps else float('nan'):.1f} ms, min "
         f"{min(gaps) if gaps else float('nan'):.1f} ms (n={len(gaps)})",
     ]
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "p1.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    with open(os.path.join(args.out, "p1.txt"), "w") as f:
-        f.write("\n".join(text) + "\n")
-    print("\n".join(text))
+    vmlib.write_results(args.out, "p1", result, text)
     return 0 if all(ok_where.values()) else 1
 
 

@@ -47,6 +47,9 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import vmlib  # noqa: E402
+
 USER = "op1"
 VRF = "mgmt"
 GOAL = 3.0
@@ -256,12 +259,7 @@ def main():
         f"| >= {GOAL:g}x | {ratio:.1f}x | {verdict} | medians {med['byhand']:.1f} / {med['pamvrf']:.1f} ms, "
         f"placement alone {net_byhand:.1f} / {net_pamvrf:.1f} ms ({net_ratio:.1f}x), n={args.rounds} |",
     ]
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "p2.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    with open(os.path.join(args.out, "p2.txt"), "w") as f:
-        f.write("\n".join(text) + "\n")
-    print("\n".join(text))
+    vmlib.write_results(args.out, "p2", result, text)
     return 0 if checked else 1
 
 

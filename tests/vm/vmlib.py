@@ -567,3 +567,13 @@ def peers():
     """The lab peers answering with their names (import this fixture by name)."""
     with responders():
         yield
+
+
+def write_results(out_dir, name, result, text):
+    """A benchmark's figures: NAME.json (all of them), NAME.txt and stdout (the lines)."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    with open(os.path.join(out_dir, f"{name}.txt"), "w") as f:
+        f.write("\n".join(text) + "\n")
+    print("\n".join(text))
