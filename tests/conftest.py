@@ -201,6 +201,11 @@ def pytest_sessionstart(session):
     if (os.path.exists("/etc/pam-vrf-test-vm") or session.config.option.collectonly
             or os.environ.get("PAM_VRF_LEFTOVERS_CHECK") == "0"):
         return
+    # The first `ip netns add` on a host mounts /run/netns (once, for good):
+    # made here, before the snapshot, so the check compares like with like.
+    probe = f"pvt-{uid_tag()}probe"
+    testlab.add_netns(probe)
+    testlab.remove_netns(probe)
     session.config._pam_vrf_host_before = testlab.HostState()
 
 
