@@ -131,6 +131,34 @@ def _describe_settings(settings, foreign_netns):
     return ", ".join(words)
 
 
+def _print_egress(path, foreign_netns):
+    """The cgroup's egress programs: where packets may leave, what was dropped."""
+    from pam_vrf import programs
+    from pam_vrf.bpf import cgroup_link, syscall
+    try:
+        attached = cgroup_link.query(path, syscall.CGROUP_INET_EGRESS)
+    except BpfError as e:
+        print(f"  egress programs: {e}")
+        return 1
+    for item in attached:
+        try:
+            info, allowed, dropped = programs.read_back_egress(item.prog_id)
+        except BpfError as e:
+            print(f"  egress prog {item.prog_id}: {e}")
+            continue
+        if allowed is None:
+            print(f"  egress prog {item.prog_id} ({info.name or 'unnamed'}): not pam-vrf's")
+            continue
+        if foreign_netns:
+            where = ", ".join(f"ifindex {i}" for i in sorted(allowed)) + f" in netns {foreign_netns}"
+        else:
+            where = ", ".join(f"{netdev.ifname(i) or '?'}" + ("" if netdev.ifname(i) else f" (ifindex {i}, gone)")
+                              for i in sorted(allowed))
+        print(f"  egress prog {item.prog_id} (pam-vrf): out only by {where}; "
+              f"dropped {dropped} packet{'s' if dropped != 1 else ''} leaving by another link")
+    return 0
+
+
 def cmd_status(args):
     # Imported here: `check`/`which`/`identify` must work without bpf(2).
     from pam_vrf import programs
@@ -164,6 +192,7 @@ def cmd_status(args):
                 print(f"  prog {item.prog_id} ({owner}): {_describe_settings(settings, foreign)}")
             except BpfError as e:
                 print(f"  prog {item.prog_id}: {e}")
+        status |= _print_egress(path, foreign)
         for pid in pids[: args.max_pids]:
             print(f"  {pid:>7}  {_comm(pid)}")
         if len(pids) > args.max_pids:

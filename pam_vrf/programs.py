@@ -6,7 +6,7 @@ CAP_BPF + CAP_NET_ADMIN to load and attach (root or the helper).
 
 import os
 
-from pam_vrf.bpf import cgroup_link, sockprog, syscall
+from pam_vrf.bpf import cgroup_link, egressprog, sockprog, syscall
 
 
 def settings_for(rule, ifindex):
@@ -46,3 +46,15 @@ def read_back(prog_id):
     finally:
         os.close(fd)
     return info, sockprog.describe(info.xlated)
+
+
+def read_back_egress(prog_id):
+    """(ProgInfo, allowed ifindexes or None, packets dropped) for an attached
+    egress program; root only."""
+    fd = syscall.prog_get_fd_by_id(prog_id)
+    try:
+        info = syscall.prog_info(fd)
+    finally:
+        os.close(fd)
+    allowed = egressprog.describe(info.xlated) if info.name == egressprog.PROG_NAME else None
+    return info, allowed, egressprog.dropped(prog_id) if allowed is not None else 0

@@ -113,7 +113,8 @@ def lab(netns):
             servers.append(server)
             assert server.stdout.readline().strip() == "ready"
         index = json.loads(sh("ip", "-n", host, "-j", "link", "show", "dev", vb).stdout)[0]["ifindex"]
-        yield {"host": host, "va": va, "vb": vb, "vb_index": index}
+        yield {"host": host, "va": va, "vb": vb, "vb_index": index, "peer_a": peer_a, "peer_b": peer_b,
+               "pa": pa, "pb": pb}
     finally:
         for server in servers:
             server.kill()

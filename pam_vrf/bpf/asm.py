@@ -1,4 +1,4 @@
-"""A small eBPF instruction builder (just what the sock-create program needs).
+"""A small eBPF instruction builder (just what pam-vrf's two programs need).
 
 Instructions are plain values; jumps name a Label and assemble() resolves
 them, so program code reads like the assembly it stands for.
@@ -8,13 +8,15 @@ import struct
 from typing import NamedTuple
 
 # Instruction classes, sizes, modes and operations (linux/bpf_common.h, linux/bpf.h).
-LDX, STX, ALU, JMP, ALU64 = 0x01, 0x03, 0x04, 0x05, 0x07
-W = 0x00                        # 32-bit memory access
-MEM = 0x60
+LD, LDX, ST, STX, ALU, JMP, ALU64 = 0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x07
+W, DW = 0x00, 0x18              # 32- and 64-bit memory access
+IMM, MEM, ATOMIC = 0x00, 0x60, 0xC0
 K, X = 0x00, 0x08               # immediate or register source
-MOV = 0xB0
+ADD, MOV = 0x00, 0xB0
 JEQ, JNE = 0x10, 0x50
-EXIT = 0x90
+CALL, EXIT = 0x80, 0x90
+PSEUDO_MAP_FD = 1               # ld_imm64 src: the immediate is a map fd
+FUNC_MAP_LOOKUP_ELEM = 1        # enum bpf_func_id
 
 R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10 = range(11)
 
@@ -74,8 +76,34 @@ def store_u32(dst, off, src):
     return Insn(STX | MEM | W, dst, src, off)
 
 
+def add_imm(dst, value):
+    return Insn(ALU64 | ADD | K, dst, 0, 0, value)
+
+
+def store_imm_u32(dst, off, value):
+    return Insn(ST | MEM | W, dst, 0, off, _s32(value))
+
+
+def atomic_add_u64(dst, off, src):
+    """lock *(u64 *)(dst + off) += src"""
+    return Insn(STX | ATOMIC | DW, dst, src, off, ADD)
+
+
+def load_map_fd(dst, fd):
+    """dst = the map `fd` (a two-slot ld_imm64 the kernel turns into a map pointer)."""
+    return [Insn(LD | IMM | DW, dst, PSEUDO_MAP_FD, 0, fd), Insn(0)]
+
+
+def call(func):
+    return Insn(JMP | CALL, 0, 0, 0, func)
+
+
 def jump_if_not(dst, value, label):
     return Jump(JMP | JNE | K, dst, _s32(value), label)
+
+
+def jump_if(dst, value, label):
+    return Jump(JMP | JEQ | K, dst, _s32(value), label)
 
 
 def exit_insn():

@@ -1,7 +1,7 @@
-"""Attach, query and detach the sock-create program on a cgroup directory.
+"""Attach, query and detach pam-vrf's programs on a cgroup directory.
 
 Attach semantics: flags 0 (no override, no multi), exactly as iproute2's
-`ip vrf exec` does. On one cgroup that means:
+`ip vrf exec` does for sock-create. On one cgroup that means:
   * attaching again replaces the program, so there is never more than one,
     whether the previous one was ours or iproute2's;
   * `ip vrf exec NAME` meeting our cgroup replaces ours in turn, instead
@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from typing import NamedTuple
 
 from pam_vrf.bpf import syscall
-from pam_vrf.bpf.syscall import BpfError, CGROUP_INET_SOCK_CREATE
+from pam_vrf.bpf.syscall import BpfError, CGROUP_INET_EGRESS, CGROUP_INET_SOCK_CREATE
 
 
 class Attached(NamedTuple):
@@ -36,36 +36,40 @@ def _cgroup_fd(path):
         os.close(fd)
 
 
-def attach(path, prog_fd):
-    """Make `prog_fd` the one sock-create program of cgroup `path`."""
+_KIND = {CGROUP_INET_SOCK_CREATE: "sock-create", CGROUP_INET_EGRESS: "egress"}
+
+
+def attach(path, prog_fd, attach_type=CGROUP_INET_SOCK_CREATE):
+    """Make `prog_fd` the one program of its attach type on cgroup `path`."""
     with _cgroup_fd(path) as fd:
         try:
-            syscall.prog_attach(fd, prog_fd, CGROUP_INET_SOCK_CREATE, 0)
+            syscall.prog_attach(fd, prog_fd, attach_type, 0)
         except BpfError as e:
             if e.errno == errno.EPERM:
                 raise BpfError(e.errno, f"cannot attach to {path}: not permitted (needs CAP_NET_ADMIN, "
-                               "and no parent cgroup may hold a non-multi sock-create program)") from None
+                               f"and neither it nor a parent cgroup may hold a {_KIND[attach_type]} "
+                               "program of another kind of attachment)") from None
             raise BpfError(e.errno, f"cannot attach to {path}: {e.strerror}") from None
 
 
-def query(path):
+def query(path, attach_type=CGROUP_INET_SOCK_CREATE):
     """Programs attached to `path` itself (not inherited), with their flags."""
     with _cgroup_fd(path) as fd:
-        flags, ids = syscall.prog_query(fd, CGROUP_INET_SOCK_CREATE)
+        flags, ids = syscall.prog_query(fd, attach_type)
     return [Attached(i, flags) for i in ids]
 
 
-def effective(path):
-    """Ids of the sock-create programs that run for sockets created in `path`."""
+def effective(path, attach_type=CGROUP_INET_SOCK_CREATE):
+    """Ids of the programs that run for sockets created in `path`."""
     with _cgroup_fd(path) as fd:
-        return syscall.prog_query(fd, CGROUP_INET_SOCK_CREATE, effective=True)[1]
+        return syscall.prog_query(fd, attach_type, effective=True)[1]
 
 
-def detach(path):
+def detach(path, attach_type=CGROUP_INET_SOCK_CREATE):
     """Remove the program from `path`; True if there was one."""
     with _cgroup_fd(path) as fd:
         try:
-            syscall.prog_detach(fd, CGROUP_INET_SOCK_CREATE)
+            syscall.prog_detach(fd, attach_type)
         except BpfError as e:
             if e.errno == errno.ENOENT:
                 return False

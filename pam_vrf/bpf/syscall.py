@@ -12,11 +12,13 @@ import struct
 from typing import NamedTuple
 
 # Commands (enum bpf_cmd).
+MAP_CREATE, MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM = 0, 1, 2
 PROG_LOAD, PROG_ATTACH, PROG_DETACH = 5, 8, 9
-PROG_GET_FD_BY_ID, OBJ_GET_INFO_BY_FD, PROG_QUERY = 13, 15, 16
+PROG_GET_FD_BY_ID, MAP_GET_FD_BY_ID, OBJ_GET_INFO_BY_FD, PROG_QUERY = 13, 14, 15, 16
 
-PROG_TYPE_CGROUP_SOCK = 9
-CGROUP_INET_SOCK_CREATE = 2
+PROG_TYPE_CGROUP_SKB, PROG_TYPE_CGROUP_SOCK = 8, 9
+CGROUP_INET_EGRESS, CGROUP_INET_SOCK_CREATE = 1, 2
+MAP_TYPE_ARRAY = 2
 F_ALLOW_OVERRIDE, F_ALLOW_MULTI = 1, 2
 F_QUERY_EFFECTIVE = 1
 
@@ -50,6 +52,7 @@ class ProgInfo(NamedTuple):
     tag: str
     name: str
     xlated: bytes       # the program as the kernel runs it (root only)
+    map_ids: tuple = ()
 
 
 def _bpf(cmd, attr):
@@ -125,6 +128,34 @@ def prog_load(code, name="", prog_type=PROG_TYPE_CGROUP_SOCK,
             raise BpfError(e.errno, message, text) from None
 
 
+def map_create(map_type, key_size, value_size, max_entries, name=""):
+    """A new map; returns its fd."""
+    attr = _attr("<IIIIIII16s", map_type, key_size, value_size, max_entries, 0, 0, 0, name.encode()[:15])
+    try:
+        return _bpf(MAP_CREATE, attr)
+    except OSError as e:
+        raise BpfError(e.errno, _explain(e, "cannot create BPF map")) from None
+
+
+def map_lookup(map_fd, key, value_size):
+    """The value (bytes) stored under `key` (bytes)."""
+    k = ctypes.create_string_buffer(key, len(key))
+    v = ctypes.create_string_buffer(value_size)
+    try:
+        _bpf(MAP_LOOKUP_ELEM, _attr("<IIQQQ", map_fd, 0, ctypes.addressof(k), ctypes.addressof(v), 0))
+    except OSError as e:
+        raise BpfError(e.errno, _explain(e, "cannot read BPF map")) from None
+    return v.raw
+
+
+def map_get_fd_by_id(map_id):
+    """An fd for map `map_id` (the kernel asks for CAP_SYS_ADMIN here)."""
+    try:
+        return _bpf(MAP_GET_FD_BY_ID, _attr("<III", map_id, 0, 0))
+    except OSError as e:
+        raise BpfError(e.errno, _explain(e, f"cannot open BPF map {map_id}")) from None
+
+
 def prog_attach(target_fd, prog_fd, attach_type=CGROUP_INET_SOCK_CREATE, flags=0):
     try:
         _bpf(PROG_ATTACH, _attr("<IIII", target_fd, prog_fd, attach_type, flags))
@@ -173,11 +204,13 @@ _INFO_SIZE = 256  # a prefix of struct bpf_prog_info is enough
 
 def prog_info(prog_fd):
     """Id, type, tag, name and translated instructions of a loaded program."""
-    def get(xlated_buf):
+    def get(xlated_buf, map_ids=None):
         info = ctypes.create_string_buffer(_INFO_SIZE)
         if xlated_buf is not None:
             struct.pack_into("<IQ", info, 20, len(xlated_buf), 0)
             struct.pack_into("<Q", info, 32, ctypes.addressof(xlated_buf))
+        if map_ids is not None:
+            struct.pack_into("<IQ", info, 52, len(map_ids), ctypes.addressof(map_ids))
         try:
             _bpf(OBJ_GET_INFO_BY_FD, _attr("<IIQ", prog_fd, _INFO_SIZE, ctypes.addressof(info)))
         except OSError as e:
@@ -185,14 +218,17 @@ def prog_info(prog_fd):
         return info
 
     info = get(None)
-    xlated_len = struct.unpack_from("<I", info, 20)[0]
-    xlated = b""
-    if xlated_len:
-        buf = ctypes.create_string_buffer(xlated_len)
-        info = get(buf)
-        if struct.unpack_from("<Q", info, 32)[0]:     # zeroed when raw dumps are not allowed
+    xlated_len, nr_maps = struct.unpack_from("<I", info, 20)[0], struct.unpack_from("<I", info, 52)[0]
+    xlated, map_ids = b"", ()
+    if xlated_len or nr_maps:
+        buf = ctypes.create_string_buffer(xlated_len) if xlated_len else None
+        ids = (ctypes.c_uint32 * nr_maps)() if nr_maps else None
+        info = get(buf, ids)
+        if buf is not None and struct.unpack_from("<Q", info, 32)[0]:  # zeroed when raw dumps are not allowed
             xlated = buf.raw[:struct.unpack_from("<I", info, 20)[0]]
+        if ids is not None:
+            map_ids = tuple(ids[:min(nr_maps, struct.unpack_from("<I", info, 52)[0])])
     ptype, pid = struct.unpack_from("<II", info, 0)
     tag = info.raw[8:16].hex()
     name = info.raw[64:80].split(b"\0", 1)[0].decode(errors="replace")
-    return ProgInfo(pid, ptype, tag, name, xlated)
+    return ProgInfo(pid, ptype, tag, name, xlated, map_ids)

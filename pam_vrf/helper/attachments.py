@@ -5,6 +5,16 @@ cgroup that needs it. When a VRF is deleted and created again it gets a
 new ifindex: every cgroup of that VRF then gets the program for the new
 ifindex, so new sockets in existing sessions bind again.
 
+Each such cgroup also carries the egress program (pam_vrf.bpf.egressprog)
+for its VRF's devices: the VRF and the links enslaved to it now, or the
+`plain` device. `devices(vrf, plain, ifindex)` (Links.egress_devices) says
+which; refresh_egress() re-attaches wherever that changed (a link enslaved
+or released, the VRF re-created or deleted). One egress program per
+(VRF, devices), shared; one drop counter per VRF while the helper runs.
+Which egress program each cgroup has is not in the state file: a helper
+that starts re-attaches every cgroup's (a replace, flags 0), so sessions
+placed by a version without one get it too.
+
 The list of attachments is kept in a small JSON file under the runtime
 directory so that a restarted helper still knows what to re-attach
 (the kernel keeps the programs attached across a restart by itself).
@@ -18,7 +28,7 @@ import time
 from typing import NamedTuple
 
 from pam_vrf import cgroup, programs
-from pam_vrf.bpf import cgroup_link, sockprog, syscall
+from pam_vrf.bpf import cgroup_link, egressprog, sockprog, syscall
 from pam_vrf.sockspec import parse_item
 
 
@@ -47,13 +57,19 @@ class Attachments:
     FLUSH_DELAY = 0.5
     EMPTY_FOR = 60.0
 
-    def __init__(self, state_file=None, log=None):
+    def __init__(self, state_file=None, log=None, devices=None):
         self.entries = {}               # cgroup path -> Entry
         self.dirty = False              # entries changed since the state file was written
         self._fds = {}                  # Settings -> (loaded program fd, program id)
         self._empty_since = {}          # VRF cgroup -> when it was first seen empty
         self.state_file = state_file
         self.log = log
+        # devices(vrf, plain, ifindex) -> the ifindexes its sessions may send by;
+        # None: no egress program (state-file tools and tests of the file alone).
+        self.devices = devices
+        self._egress = {}               # cgroup path -> devices its egress program allows
+        self._egress_fds = {}           # (vrf, devices) -> (program fd, program id)
+        self._counters = {}             # vrf -> drop counter map fd
         self._load_state()
 
     def attach(self, path, vrf, rule, ifindex, source=None):
@@ -75,21 +91,70 @@ class Attachments:
             if current.source != source:    # same program; the latest login's line is named
                 self.entries[path] = wanted
                 self.dirty = True
+            self._attach_egress(path, wanted)
             return prog_id          # already in place (another login of the same session cgroup)
+        # Egress first: there is no moment when the cgroup binds new sockets
+        # but lets their datagrams out by another link.
+        self._attach_egress(path, wanted)
         programs.attach(path, prog_fd=fd)
         self.entries[path] = wanted
         self.dirty = True
         return prog_id
 
+    def _attach_egress(self, path, entry):
+        """The egress program for the entry's VRF devices on `path` (a no-op
+        when it is there already and the devices have not changed)."""
+        if self.devices is None:
+            return
+        allowed = self.devices(entry.vrf, entry.rule["plain"], entry.ifindex)
+        if self._egress.get(path) == allowed:
+            return
+        fd, _ = self._egress_program(entry.vrf, allowed)
+        cgroup_link.attach(path, fd, syscall.CGROUP_INET_EGRESS)
+        self._egress[path] = allowed
+
+    def refresh_egress(self):
+        """Link events arrived: re-attach the egress program of every cgroup
+        whose VRF's devices changed. Returns how many."""
+        if self.devices is None:
+            return 0
+        done, wanted = 0, {}
+        for path, entry in list(self.entries.items()):
+            key = (entry.vrf, entry.rule["plain"], entry.ifindex)
+            if key not in wanted:
+                wanted[key] = self.devices(*key)
+            if self._egress.get(path) == wanted[key]:
+                continue
+            try:
+                self._attach_egress(path, entry)
+                done += 1
+            except OSError as e:
+                if self.log:
+                    self.log.err(f"cannot re-attach the egress program of {path} ({entry.vrf}): {e}")
+        if done:
+            self._release_unused()
+        return done
+
+    def _egress_program(self, vrf, allowed):
+        key = (vrf, allowed)
+        if key not in self._egress_fds:
+            if vrf not in self._counters:
+                self._counters[vrf] = egressprog.new_counter()
+            fd = egressprog.load(allowed, self._counters[vrf])
+            self._egress_fds[key] = (fd, syscall.prog_info(fd).id)
+        return self._egress_fds[key]
+
     def refresh(self, resolve):
-        """At start: re-attach VRFs whose ifindex changed while we were down.
-        `resolve(vrf, plain)` returns the current ifindex or raises."""
+        """At start: re-attach VRFs whose ifindex changed while we were down,
+        and give every remembered cgroup the egress program for its VRF's
+        devices now. `resolve(vrf, plain)` returns the current ifindex or raises."""
         for vrf, plain in {(e.vrf, e.rule["plain"]) for e in self.entries.values()}:
             try:
                 self.relink(vrf, resolve(vrf, plain))
             except Exception as e:
                 if self.log:
                     self.log.warning(f"cannot check {vrf} of remembered attachments: {e}")
+        self.refresh_egress()
 
     def relink(self, vrf, ifindex):
         """A VRF (re)appeared with `ifindex`: re-attach its stale cgroups. Returns how many."""
@@ -120,6 +185,14 @@ class Attachments:
         used = {settings(e.rule, e.ifindex) for e in self.entries.values()}
         for key in [k for k in self._fds if k not in used]:
             os.close(self._fds.pop(key)[0])
+        for path in [p for p in self._egress if p not in self.entries]:
+            del self._egress[path]
+        used = {(self.entries[p].vrf, allowed) for p, allowed in self._egress.items()}
+        for key in [k for k in self._egress_fds if k not in used]:
+            os.close(self._egress_fds.pop(key)[0])
+        vrfs = {vrf for vrf, _ in self._egress_fds}
+        for vrf in [v for v in self._counters if v not in vrfs]:
+            os.close(self._counters.pop(vrf))
 
     def save(self):
         """Write the state file if anything changed (every FLUSH_DELAY while

@@ -26,15 +26,20 @@ class Links:
         # name -> (ifindex, kind), kept right by the link events we watch anyway:
         # a netlink query per attach was half of an attach's cost.
         self._cache = {}
+        self._members = {}      # VRF ifindex -> ifindexes enslaved to it (any link event clears it)
 
     def close(self):
         self._query.close()
         self._events.close()
 
+    def _behind(self):
+        if select.select([self._events.fileno()], [], [], 0)[0]:
+            self._cache.clear()     # link events not read yet: the caches may be behind
+            self._members.clear()
+
     def resolve(self, name, plain=False):
         """ifindex of device `name`; it must be a VRF unless `plain`."""
-        if select.select([self._events.fileno()], [], [], 0)[0]:
-            self._cache.clear()     # link events not read yet: the cache may be behind
+        self._behind()
         if name not in self._cache:
             found = self._query.link_lookup(ifname=name)
             if not found:
@@ -47,12 +52,30 @@ class Links:
                                   "(the rule needs 'plain' to bind to it)")
         return index
 
+    def egress_devices(self, name, plain, ifindex):
+        """The devices a packet of a session placed in `name` may leave by: a
+        `plain` target itself; a VRF's device (its qdisc path) and every link
+        enslaved to it now. A target that is gone: only the ifindex it had,
+        which no device has any more (a VRF's former links are default-VRF
+        links once it is deleted)."""
+        try:
+            index = self.resolve(name, plain)
+        except DeviceError:
+            return frozenset({ifindex})
+        if plain:
+            return frozenset({index})
+        if index not in self._members:
+            self._members[index] = frozenset(
+                link["index"] for link in self._query.get_links() if link.get_attr("IFLA_MASTER") == index)
+        return frozenset({index}) | self._members[index]
+
     def fileno(self):
         return self._events.fileno()
 
     def events(self):
         """Pending link events as (event, name, ifindex), without blocking for long."""
         out = []
+        self._members.clear()       # enslaved, released, gone: recomputed when asked
         for msg in self._events.get():
             name = msg.get_attr("IFLA_IFNAME")
             if name and msg["event"] in ("RTM_NEWLINK", "RTM_DELLINK"):

@@ -97,7 +97,7 @@ def main(argv=None):
         log.err(f"cannot listen on {args.socket}: {e.strerror}")
         return 1
     links = Links()
-    attachments = Attachments(state, log)
+    attachments = Attachments(state, log, devices=links.egress_devices)
     attachments.refresh(links.resolve)
     policy_cache = PolicyCache(args.config, log)
     try:

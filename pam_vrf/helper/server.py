@@ -338,9 +338,16 @@ class Server:
                 self._drop(conn)
 
     def _link_events(self):
-        for event, name, index in self.links.events():
+        events = self.links.events()
+        for event, name, index in events:
             if event == "RTM_NEWLINK":
                 count = self.handler.attachments.relink(name, index)
                 if count:
                     self.log.notice(f"device {name} is back as ifindex {index}: "
                                     f"re-attached {count} cgroup(s)")
+        if events:
+            # A link enslaved to a VRF or released, a VRF gone: egress follows.
+            count = self.handler.attachments.refresh_egress()
+            if count:
+                self.log.notice(f"link changes ({', '.join(sorted({n for _, n, _ in events}))}): "
+                                f"egress devices of {count} cgroup(s) updated")
