@@ -25,6 +25,13 @@ programs' verdict and the socket's release, and the function's arguments
 is never inlined away. bcc compiles the probe at start against the running
 kernel's headers: python3-bpfcc and linux-headers-$(uname -r) are needed.
 
+Once a second it also reads the drop counters of the egress programs on
+the cgroups in the state file (pam_vrf.drops) and prints a line per VRF
+whose program dropped packets a placed session tried to send by another
+link:
+
+    12:00:03.456 vrf=mgmt egress dropped 2 packets leaving by another link (total 7)
+
 Exit codes: 0 stopped by SIGINT/SIGTERM (the probes are detached); 1 an
 error (not root, the probe cannot be attached); 3 this host cannot run it
 (bcc or the kernel headers missing: the message names the packages).
@@ -42,15 +49,17 @@ import socket
 import sys
 import time
 
-from pam_vrf import cgroup
+from pam_vrf import cgroup, paths
+from pam_vrf.drops import DropWatch
 from pam_vrf.sockspec import FAMILIES, PROTOCOLS, TYPES, denied_by, parse_item
 
-DEFAULT_STATE = "/run/pam-vrf-helper/attachments.json"
+DEFAULT_STATE = paths.DEFAULT_STATE
 FUNCTION = "__cgroup_bpf_run_filter_sk"
 EXIT_UNAVAILABLE = 3
 # A socket from a VRF cgroup the state file does not know yet (the helper
 # writes it up to 0.5 s after a placement): wait this long for it.
 STATE_WAIT = 2.0
+DROPS_EVERY = 1.0           # seconds between looks at the egress programs' drop counters
 
 BPF_TEXT = r"""
 #include <uapi/linux/ptrace.h>
@@ -378,6 +387,7 @@ class Tracer:
         self.ignored = None
         self.stopping = False               # set by SIGINT/SIGTERM (see main)
         self.lost, self._lost_said = 0, 0.0
+        self.drops, self._drops_at = DropWatch(), 0.0
 
     def start(self):
         from bcc import BPF
@@ -403,11 +413,30 @@ class Tracer:
         if self.state.refresh():
             self.ignored.clear()        # a cgroup may have become one of ours (user@UID.service)
         self._flush_pending()
+        if time.monotonic() - self._drops_at >= DROPS_EVERY:
+            self._drops_at = time.monotonic()
+            self._report_drops()
         self.out.flush()                # once per batch: a line per socket can be many
         if self.lost and time.monotonic() - self._lost_said >= 1:
             print(f"pam-vrf trace: {self.lost} events lost (sockets are created faster than "
                   "this tracer prints them)", file=sys.stderr, flush=True)
             self.lost, self._lost_said = 0, time.monotonic()
+
+    def _report_drops(self):
+        """A line per VRF whose egress program dropped packets since the last look
+        (datagrams a placed session tried to send by another link)."""
+        cgroups = [(path, e.get("vrf")) for path, e in self.state.entries.items() if isinstance(e, dict)]
+        for vrf, new, total in self.drops.poll(cgroups):
+            if self.args.vrf and vrf != self.args.vrf:
+                continue
+            if self.args.json:
+                line = json.dumps({"time": time.time(), "vrf": vrf, "egress_dropped": new,
+                                   "egress_dropped_total": total}, sort_keys=True)
+            else:
+                stamp = datetime.datetime.now().strftime("%H:%M:%S.%f")[:-3]
+                line = (f"{stamp} vrf={printable(str(vrf))} egress dropped {new} packet{'s' if new != 1 else ''} "
+                        f"leaving by another link (total {total})")
+            print(line, file=self.out)
 
     def _lost(self, count):
         self.lost += count

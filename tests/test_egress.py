@@ -203,3 +203,25 @@ def test_a_helper_placement_carries_the_egress_program(egress_lab, helper_factor
     block = status.split(placed, 1)[1]
     assert f"egress prog {attached.prog_id} (pam-vrf): out only by {vb}" in block, status
     assert f"dropped {egressprog.dropped(attached.prog_id)} packet" in block, status
+
+
+def test_drop_watch_reports_what_each_vrf_dropped_since_its_last_look(egress_lab, sandbox_cgroup, throwaway_user):
+    """pam-vrf trace's drop lines (pam_vrf.drops): the first look takes note,
+    later looks report what grew, per program."""
+    from pam_vrf.drops import DropWatch
+    placed = place(sandbox_cgroup, egress_lab)
+    counter = attach_egress(placed, {egress_lab["vb_index"]})
+    try:
+        watch = DropWatch()
+        cgroups = [(placed, egress_lab["vb"]), (f"{sandbox_cgroup}/gone", "x")]
+        attack(egress_lab, placed, throwaway_user())
+        assert watch.poll(cgroups) == []            # what came before the tracer started
+        before = egressprog.read_counter(counter)
+        outcomes, a, _ = attack(egress_lab, placed, throwaway_user())
+        assert a == []
+        [(vrf, new, total)] = watch.poll(cgroups)
+        assert vrf == egress_lab["vb"] and total == egressprog.read_counter(counter)
+        assert new == total - before >= len(KERNEL_LEAKS), outcomes
+        assert watch.poll(cgroups) == []
+    finally:
+        os.close(counter)
