@@ -24,8 +24,8 @@ import time
 import pytest
 
 from conftest import PY, REPO, sh, spawn, uid_tag
-from pam_vrf import cgroup
-from pam_vrf.bpf import cgroup_link, sockprog, syscall
+from pam_vrf import cgroup, programs
+from pam_vrf.bpf import cgroup_link, egressprog, sockprog, syscall
 from pam_vrf.doctor import Finding, config, daemon, kernel, resolver, routes
 
 RESPONDER = textwrap.dedent("""
@@ -137,8 +137,8 @@ def test_a_healthy_lab_passes_and_json_carries_the_same_findings(lab, helper_fac
     assert_finding(proc, "ok", f"config: {lab.config}:2: target '{lab.target}' is a veth device (the rule says plain)")
     assert_finding(proc, "ok", "pam: sshd: pam_vrf.so at common-session:3, after pam_systemd")
     assert_finding(proc, "ok", "ancestors: no foreign sock_create program")
-    assert_finding(proc, "ok", f"self-test: VRF {lab.target}: a process moved into a cgroup with its program gets "
-                   f"AF_INET sockets bound to {lab.target}", "EPERM for AF_INET6")
+    assert_finding(proc, "ok", f"self-test: VRF {lab.target}: a process moved into a cgroup with its programs gets "
+                   f"AF_INET sockets bound to {lab.target}", "EPERM for AF_INET6", "EPERM for a datagram naming another link")
     assert_finding(proc, "ok", f"resolver: {lab.resolv}: nameserver 10.214.0.2 answers through VRF {lab.target}")
     assert leftovers() == before
 
@@ -237,6 +237,28 @@ def test_a_foreign_program_on_an_ancestor_of_a_vrf_cgroup(lab, helper_factory, s
     # Only the ancestor is wrong: the doctor's own test cgroup is elsewhere.
     assert_finding(proc, "ok", f"self-test: VRF {lab.target}")
     assert len(lines(proc, "error")) == 1, proc.stdout
+
+
+def test_a_placed_cgroup_without_the_egress_program(lab, helper_factory, sandbox_cgroup):
+    """A session placed by a helper without the egress program (before 0.3.0),
+    or whose program root detached: its datagrams can still leave by another link."""
+    lab.start_helper(helper_factory)
+    placed = os.path.join(sandbox_cgroup, lab.ns + "-ns", "vrf", lab.target)
+    os.makedirs(placed)
+    index = json.loads(sh("ip", "-n", lab.ns, "-j", "link", "show", "dev", lab.target).stdout)[0]["ifindex"]
+    programs.attach(placed, sockprog.Settings(ifindex=index))
+    proc = lab.doctor()
+    assert proc.returncode == 1, proc.stdout
+    assert_finding(proc, "error", "sessions: 1 of 1 placed cgroup(s) carry no egress program", placed,
+                   "restart pam-vrf-helper")
+    counter = egressprog.new_counter()
+    prog = egressprog.load({index}, counter)
+    try:
+        cgroup_link.attach(placed, prog, syscall.CGROUP_INET_EGRESS)
+    finally:
+        os.close(prog)
+        os.close(counter)
+    assert_finding(lab.doctor(), "ok", "sessions: all 1 placed cgroup(s) carry the egress program")
 
 
 def test_a_resolver_the_vrf_cannot_reach(lab, helper_factory):

@@ -12,6 +12,7 @@ Checks, in order (each module's docstring has the details):
              through to the main table: sessions send outside the VRF)
   pam        pamstack.audit(), and which entry each login service uses
   ancestors  foreign sock_create programs above session cgroups
+  sessions   placed cgroups that lack the egress program
   self-test  per VRF: a throwaway process in a throwaway cgroup with the
              VRF's program gets bound sockets, and deny= refuses (live)
   resolver   nameservers on the default VRF's loopback; with nss-resolve,
@@ -71,7 +72,7 @@ def _guarded(findings, check, step, *args, default=None):
 
 def run(options):
     """Every finding, in check order."""
-    from pam_vrf.doctor import ancestors, config, daemon, kernel, live, resolver, routes, stacks
+    from pam_vrf.doctor import ancestors, config, daemon, kernel, live, resolver, routes, sessions, stacks
 
     findings = []
     root = os.geteuid() == 0
@@ -93,6 +94,7 @@ def run(options):
     _guarded(findings, "pam", stacks.check, findings, options.pam_dir)
     if root and mount:
         _guarded(findings, "ancestors", ancestors.check, findings, mount)
+        _guarded(findings, "sessions", sessions.check, findings, mount)
     static = []
     servers = _guarded(static, "resolver", resolver.static, static, options.resolv_conf, vrfs, default=[])
     tested = []

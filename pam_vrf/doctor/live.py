@@ -3,9 +3,12 @@
 Per usable VRF of vrf.conf, in one throwaway cgroup under the cgroup2 root
 (pam-vrf-doctor-PID-RANDOM, removed afterwards, also on failure or SIGTERM):
 
-  selftest-N  the VRF's program with a deny item (AF_INET6, any type): a
-              forked child moved there must get AF_INET sockets bound to the
-              VRF (SO_BINDTODEVICE reads back its name) and EPERM for AF_INET6;
+  selftest-N  the VRF's program with a deny item (AF_INET6, any type) and
+              the egress program for the VRF's device: a forked child moved
+              there must get AF_INET sockets bound to the VRF
+              (SO_BINDTODEVICE reads back its name), EPERM for AF_INET6, and
+              EPERM for a datagram whose IP_PKTINFO names another link (lo:
+              the datagram could only ever reach this host);
   dns-N       the VRF's program, binding only: a forked child sends a DNS
               query to every nameserver of resolv.conf.
 
@@ -25,11 +28,14 @@ import socket
 import time
 
 from pam_vrf import cgroup, programs
+from pam_vrf.bpf import cgroup_link, egressprog, syscall
 from pam_vrf.bpf.sockprog import Settings
 from pam_vrf.bpf.syscall import BpfError
 from pam_vrf.doctor import Finding, resolver
 
 AF_INET6 = 10
+IP_PKTINFO = 8
+LOOPBACK_IFINDEX = 1        # lo, in every network namespace
 DEADLINE = 6.0              # seconds for every child to report
 PR_SET_PDEATHSIG = 1
 
@@ -53,7 +59,26 @@ def socket_probe():
         out["inet6"] = "created"
     except OSError as e:
         out["inet6"] = _errno_name(e)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            info = (socket.IPPROTO_IP, IP_PKTINFO, LOOPBACK_IFINDEX.to_bytes(4, "little") + bytes(8))
+            s.sendmsg([b"pam-vrf doctor"], [info], 0, ("127.0.0.1", 9))
+        out["pktinfo"] = "sent"
+    except OSError as e:
+        out["pktinfo"] = _errno_name(e)
     return out
+
+
+def _attach_egress(path, ifindex):
+    counter = egressprog.new_counter("pam_vrf_doctor")
+    try:
+        prog = egressprog.load({ifindex}, counter)
+        try:
+            cgroup_link.attach(path, prog, syscall.CGROUP_INET_EGRESS)
+        finally:
+            os.close(prog)
+    finally:
+        os.close(counter)
 
 
 class Child:
@@ -165,6 +190,8 @@ def run(mount, vrfs, servers):
                     os.mkdir(path)
                     made.append(path)
                     programs.attach(path, settings)
+                    if kind == "selftest":
+                        _attach_egress(path, vrf.ifindex)
                 except (OSError, BpfError) as e:
                     into[vrf.name] = f"cannot set up {path}: {e.strerror or e}"
                     continue
@@ -233,13 +260,22 @@ def judge(vrf, probe):
         level = "warning"
     elif inet6 != "errno:EPERM":
         problems.append(f"socket(AF_INET6) failed with {inet6 and inet6[6:]}, not EPERM")
+    pktinfo = probe.get("pktinfo")
+    if pktinfo == "sent":
+        problems.append("a datagram whose IP_PKTINFO named another link (lo) was sent: the egress "
+                        "program did not drop it (a kernel without cgroup_skb egress filtering?)")
+        level = "error"
+    elif pktinfo != "errno:EPERM":
+        problems.append(f"a datagram whose IP_PKTINFO named another link failed with "
+                        f"{pktinfo and pktinfo[6:]}, not EPERM from the egress program")
     if problems:
         return Finding("self-test", level, f"VRF {vrf.name}: a process in a cgroup carrying its program: "
                        + "; ".join(problems),
                        "sessions placed in this VRF would not be confined to it",
                        "see the kernel and ancestors findings")
-    return Finding("self-test", "ok", f"VRF {vrf.name}: a process moved into a cgroup with its program gets "
-                   f"AF_INET sockets bound to {vrf.name} (ifindex {vrf.ifindex}) and EPERM for AF_INET6 (deny)")
+    return Finding("self-test", "ok", f"VRF {vrf.name}: a process moved into a cgroup with its programs gets "
+                   f"AF_INET sockets bound to {vrf.name} (ifindex {vrf.ifindex}), EPERM for AF_INET6 (deny) "
+                   "and EPERM for a datagram naming another link (egress)")
 
 
 def check(findings, mount, vrfs, servers, resolv_conf):
