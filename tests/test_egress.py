@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+import testlab
 from conftest import PY, REPO, run_py, sh, spawn, uid_tag
 from test_kernel_placement import lab  # noqa: F401  (the fixture)
 from pam_vrf import programs
@@ -225,3 +226,33 @@ def test_drop_watch_reports_what_each_vrf_dropped_since_its_last_look(egress_lab
         assert watch.poll(cgroups) == []
     finally:
         os.close(counter)
+
+
+def test_a_restarted_helper_gives_remembered_sessions_the_egress_program(egress_lab, helper_factory, vrf_conf,
+                                                                        throwaway_user, sandbox_cgroup):
+    """An upgrade from a helper without the egress program (simulated: the
+    program detached by hand) or a program lost by hand: the next helper to
+    start attaches it to every cgroup of its state file."""
+    user = throwaway_user()
+    vb = egress_lab["vb"]
+    helper = helper_factory(vrf_conf(f"{user.pw_name}  {vb}  plain exec={vb}\n"), netns=egress_lab["host"])
+    argv = ["/usr/local/bin/pam-vrf", "exec", "--socket", helper.socket, vb, "--", "sleep", "60"]
+    sleeper = spawn(argv, netns=egress_lab["host"], cgroup_dir=sandbox_cgroup, user=user, cwd="/",
+                    env={"PATH": "/usr/bin:/bin"})
+    try:
+        placed = f"{sandbox_cgroup}/{egress_lab['host']}-ns/vrf/{vb}"
+        testlab.wait_until("the sleeper to be placed", lambda: sleeper.pid in testlab.members(placed))
+        assert len(cgroup_link.query(placed, syscall.CGROUP_INET_EGRESS)) == 1
+        testlab.wait_until("the state file", lambda: os.path.exists(os.path.join(helper.workdir, "attachments.json")))
+        helper.stop()
+        assert cgroup_link.detach(placed, syscall.CGROUP_INET_EGRESS)
+        helper.start()
+        [attached] = cgroup_link.query(placed, syscall.CGROUP_INET_EGRESS)
+        fd = syscall.prog_get_fd_by_id(attached.prog_id)
+        try:
+            assert egressprog.describe(syscall.prog_info(fd).xlated) == {egress_lab["vb_index"]}
+        finally:
+            os.close(fd)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
