@@ -9,6 +9,7 @@ tools see and respect each other's placements. Stdlib only.
 
 import errno
 import os
+import stat
 from collections import namedtuple
 
 # Where iproute2 mounts a cgroup2 file system when the host has none.
@@ -184,15 +185,18 @@ def netns_name(pid="self"):
     return ""
 
 
-def vrf_cgroup(vrf, pid="self", netns=None):
+def vrf_cgroup(vrf, pid="self", netns=None, trusted=None):
     """The cgroup (a path in the hierarchy, as /proc/PID/cgroup shows it) that
     places process `pid` into `vrf` by iproute2's rule.
 
     `vrf` is a device name or 'default'. Computed from the process's own
     cgroup, so a logind session scope stays the parent of its VRF cgroup.
     `netns` overrides the name of the process's network namespace.
+    `trusted` (uids): the VRF level goes no deeper than trusted_base() allows.
     """
     base = base_of(cgroup_of(pid))
+    if trusted is not None:
+        base = trusted_base(base, trusted)
     if netns is None:
         netns = netns_name(pid)
     if netns:
@@ -202,6 +206,73 @@ def vrf_cgroup(vrf, pid="self", netns=None):
         base = f"{base}/{suffix}"
     name = "" if vrf == DEFAULT_VRF else vrf
     return f"{base}/{VRF_DIR}/{name}"
+
+
+# What a writer of a cgroup uses to move processes (or threads) in and out of
+# it and below it: the directory (mkdir of a cgroup of one's own) and these.
+MOVE_FILES = ("cgroup.procs", "cgroup.threads")
+
+
+def foreign_writer(directory, trusted):
+    """Who other than the `trusted` uids (and gid 0) can write the cgroup
+    `directory` or its MOVE_FILES: 'uid N', 'group N', 'everyone', or None.
+
+    cgroup v2 delegation: whoever can write a cgroup's cgroup.procs and a
+    cgroup below it moves any process between them, whoever's it is.
+    """
+    for name in ("", *MOVE_FILES):
+        path = os.path.join(directory, name) if name else directory
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue                    # no cgroup.threads before Linux 4.14
+        except OSError as e:
+            raise CgroupError(f"cannot inspect {path}: {e.strerror}") from None
+        if stat.S_ISLNK(st.st_mode):
+            return "a symbolic link"    # never in cgroupfs
+        if st.st_mode & stat.S_IWOTH:
+            return "everyone"
+        if st.st_mode & stat.S_IWGRP and st.st_gid != 0:
+            return f"group {st.st_gid}"
+        if st.st_mode & stat.S_IWUSR and st.st_uid not in trusted:
+            return f"uid {st.st_uid}"
+    return None
+
+
+def _levels(cgroup):
+    """'/a/b' -> ['/', '/a', '/a/b'] (hierarchy paths from the root down)."""
+    parts = [p for p in cgroup.split("/") if p]
+    return ["/"] + ["/" + "/".join(parts[:n]) for n in range(1, len(parts) + 1)]
+
+
+def _visible_levels(cgroup):
+    """_levels() from the root of this namespace's cgroup2 mount down."""
+    found = find_mount()
+    root = found[1].rstrip("/") if found else ""
+    return [level for level in _levels(cgroup) if (level + "/").startswith(root + "/")]
+
+
+def trusted_base(base, trusted):
+    """The deepest cgroup on the path from the root to `base` (hierarchy
+    paths, '' = the root) that neither it nor any cgroup above it has a
+    foreign_writer(): `base` itself when no one but `trusted` can write
+    anything on the way (a logind session scope; one's own delegated tree)."""
+    good = ""
+    for level in _visible_levels(base or "/"):
+        if foreign_writer(fs_path(level), trusted):
+            break
+        good = "" if level == "/" else level
+    return good
+
+
+def check_trusted(cgroup, trusted):
+    """Raise CgroupError unless only `trusted` uids can write the cgroup and
+    every cgroup above it (a level made in advance by someone else)."""
+    for level in _visible_levels(cgroup):
+        who = foreign_writer(fs_path(level), trusted)
+        if who:
+            raise CgroupError(f"refusing cgroup {cgroup}: {who} can write {level} "
+                              "(and so move its processes out)")
 
 
 def with_level(cgroup, name):

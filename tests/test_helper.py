@@ -1193,10 +1193,10 @@ def test_login_binds_the_users_systemd_manager(helper_factory, vrf_conf, syslog,
     assert cgroup_link.query(other_manager) == []
     assert [a.prog_id for a in cgroup_link.query(manager)] == [prog_id]
 
-    # The manager's own PAM session is left where it is.
+    # The manager's own PAM session binds its cgroup (tests/test_delegation.py) but is not moved.
     starter = agents(netns=ns, cgroup_dir=manager)
     reply = starter("exchange", socket=root_sock(helper), msg={**request, "service": "systemd-user"})["reply"]
-    assert reply["ok"] is True and reply["verdict"] == "alone", reply
+    assert reply["ok"] is True and reply["verdict"] == "placed", reply
     assert starter("state")["cgroup"] == hierarchy(manager)
     assert subdirs(manager) == ["app.slice"]
     assert_serving(helper)

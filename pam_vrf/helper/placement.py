@@ -40,6 +40,7 @@ class Placement:
         self.attachments, self.links, self.policy, self.log = attachments, links, policy_cache, log
         self.netns = cgroup.netns_name()
         self._created = {}          # uid -> cgroup directories made for its `pam-vrf exec`
+        self._reach, self._reach_of = None, None    # _manager_rule()'s rules, and what they came from
 
     # -- logins --------------------------------------------------------------
 
@@ -47,11 +48,7 @@ class Placement:
         """Decide and place a login's PAM caller; returns the reply (a verdict)."""
         who = f"user {user} (service {service or '-'})"
         if service == policy.MANAGER_SERVICE:
-            # The session that starts `systemd --user`: its cgroup is the tree systemd
-            # delegates to the user, so it is not moved; what the manager starts is
-            # bound to the VRF when a login of the user is placed (_bind_manager).
-            self.log.debug(f"{who} left alone: the user's systemd manager is bound at login")
-            return verdict("alone")
+            return self._manager_session(proc, user, who)
         try:
             rules = self.policy.rules()
         except Unavailable as e:
@@ -61,11 +58,7 @@ class Placement:
         try:
             rule = policy.decide(rules, account, service)
         except policy.Undecidable as e:
-            if e.strict:
-                self.log.err(f"refusing session of {who}: {e} (a strict rule may apply)")
-                return verdict("refused", error=str(e))
-            self.log.err(f"{who} left unplaced: {e}")
-            return verdict("unplaced", error=str(e))
+            return self._undecided(who, e, "left unplaced")
         if rule is None or rule.target == policy.LEAVE_ALONE:
             self.log.debug(f"{who} left alone ({rule.where if rule else 'no matching rule'})")
             return verdict("alone", rule=rule.where if rule else None)
@@ -78,7 +71,8 @@ class Placement:
             return verdict("kept", vrf=cgroup.vrf_of(kept) or None, rule=rule.where, cgroup=kept)
 
         try:
-            where = self.move(proc, rule.target, protocol.rule_fields(rule), reattach=True, source=rule.where)
+            where = self.move(proc, rule.target, protocol.rule_fields(rule), account=uid, reattach=True,
+                              source=rule.where)
         except PlacementError as e:
             if rule.strict:
                 self.log.err(f"refusing session of {who}: {e} (strict rule {rule.where})")
@@ -87,8 +81,9 @@ class Placement:
             return verdict("unplaced", error=str(e), rule=rule.where)
         placed = f"{who} placed in VRF {rule.target} (rule {rule.where}), cgroup {where}, pid {proc.pid}"
         try:
-            manager = self._bind_manager(proc, uid, rule) if rule.places else None
-        except PlacementError as e:
+            # Also at login: a manager that started before the policy changed.
+            manager = self._bind_manager(proc, uid, self._manager_rule(rules, account)) if rule.places else None
+        except (PlacementError, policy.Undecidable) as e:
             if rule.strict:
                 self.log.err(f"refusing session of {who}: {e} (strict rule {rule.where}); it was "
                              f"placed in {where}, but what its systemd manager starts would not be")
@@ -114,14 +109,74 @@ class Placement:
             return "?"
         return None
 
-    def _bind_manager(self, proc, uid, rule):
-        """Bind what the user's systemd manager starts (systemd-run --user) too:
-        it runs outside the session's scope. None where there is none (no logind)."""
-        if uid is None:
+    # -- the user's systemd manager ----------------------------------------------
+
+    def _manager_session(self, proc, user, who):
+        """The PAM session that starts `systemd --user` (its caller becomes the
+        manager, already in user@UID.service). logind answers a login only once
+        the manager has reached default.target: what it starts with it (socket
+        units, a oneshot that keeps sockets) would make its sockets before the
+        login is placed, unbound for ever. So user@UID.service itself is bound
+        here, before the manager runs. The process is not moved: that cgroup is
+        the tree systemd delegates to the user."""
+        try:
+            rules = self.policy.rules()
+            rule = self._manager_rule(rules, policy.account(user))
+        except Unavailable as e:
+            self.log.err(f"{who} left unbound: {e}")
+            return verdict("unplaced", error=str(e))
+        except policy.Undecidable as e:
+            return self._undecided(who, e, "left unbound")
+        if rule is None:
+            self.log.debug(f"{who} left alone: no rule places a session of {user}")
+            return verdict("alone")
+        try:
+            manager = self._bind_manager(proc, _uid_of(user), rule, starting=True)
+            if manager is None:
+                raise PlacementError(f"pid {proc.pid} is not in the user's systemd manager cgroup "
+                                     f"(user@UID.service)")
+        except PlacementError as e:
+            if rule.strict:
+                self.log.err(f"refusing session of {who}: {e} (strict rule {rule.where})")
+                return verdict("refused", error=str(e), rule=rule.where)
+            self.log.err(f"{who}: the systemd user manager left unbound: {e} (rule {rule.where})")
+            return verdict("unplaced", error=str(e), rule=rule.where)
+        self.log.info(f"{who}: systemd user manager {manager} bound to VRF {rule.target} "
+                      f"(rule {rule.where}) before it starts, pid {proc.pid}")
+        return verdict("placed", vrf=rule.target, rule=rule.where, cgroup=manager)
+
+    def _undecided(self, who, e, unplaced):
+        """The verdict when a name service failure leaves the rule open."""
+        if e.strict:
+            self.log.err(f"refusing session of {who}: {e} (a strict rule may apply)")
+            return verdict("refused", error=str(e))
+        self.log.err(f"{who} {unplaced}: {e}")
+        return verdict("unplaced", error=str(e))
+
+    def _manager_rule(self, rules, account):
+        """The rule the user's systemd manager is bound with, or None: the first
+        of the account's rules that places, looking past rules that services=
+        limits (the manager serves every later session of the user, whichever
+        service) but not past one for every service (no later line can apply).
+        Raises policy.Undecidable when a name service failure leaves it open."""
+        if self._reach_of is not rules:
+            reach = policy.Rules(r for r in rules if r.places or not r.services)
+            reach.group_count = len({r.who for r in reach if r.who.startswith("@")})
+            self._reach, self._reach_of = reach, rules
+        rule = policy.decide(self._reach, account, policy.ANY_SERVICE)
+        return rule if rule is not None and rule.places else None
+
+    def _bind_manager(self, proc, uid, rule, starting=False):
+        """Bind what the user's systemd manager starts (systemd-run --user,
+        socket units) with `rule`: it runs outside the session's scope. None
+        where there is none (no logind, no placing rule). starting: the caller
+        is the manager-to-be itself, in user@UID.service."""
+        if uid is None or rule is None:
             return None
         try:
-            manager = cgroup.user_manager_of(cgroup.cgroup_of(proc.pid), uid)
-            if manager is None:
+            current = cgroup.cgroup_of(proc.pid)
+            manager = cgroup.user_manager_of(current, uid)
+            if manager is None or (starting and current != manager):
                 return None
             path = self._directory(manager)
         except (cgroup.CgroupError, PlacementError):
@@ -149,7 +204,8 @@ class Placement:
                                      f"a process of uid {peer_uid}")
             rule = self._exec_rule(peer_uid, vrf)
             fields, source = protocol.rule_fields(rule), rule.where
-        return self.move(proc, vrf, fields, owner=None if peer_uid == 0 else peer_uid, source=source)
+        return self.move(proc, vrf, fields, owner=None if peer_uid == 0 else peer_uid, account=peer_uid,
+                         source=source)
 
     def _exec_rule(self, uid, vrf):
         try:
@@ -170,18 +226,24 @@ class Placement:
 
     # -- the placement routine -------------------------------------------------
 
-    def move(self, proc, vrf, fields, owner=None, reattach=False, source=None):
+    def move(self, proc, vrf, fields, owner=None, account=None, reattach=False, source=None):
         """Put the pinned process `proc` into its cgroup for `vrf` (or 'default')
         under the rule `fields`; returns the cgroup (hierarchy path).
 
         owner: the non-root uid charged for cgroups created here (None: root).
+        account: the uid whose session it is (None: unknown). Only it, root and
+        the helper may be able to write the cgroup or any above it: a session
+        is never placed below a cgroup someone else can write (a tree systemd
+        delegated to the invoker of su/sudo), where they could move it out;
+        the VRF level then goes below the deepest cgroup no one else can write.
         reattach: also when already there, make sure the program is this rule's
         (a login); `pam-vrf exec` into where one already is changes nothing,
         so it cannot swap a login rule's program for its own.
         source: the rule's FILE:LINE, recorded with the attachment (pam-vrf trace).
         """
+        trusted = {0, os.geteuid()} | ({account} if account is not None else set())
         try:
-            where = cgroup.vrf_cgroup(vrf, proc.pid, netns=self.netns)
+            where = cgroup.vrf_cgroup(vrf, proc.pid, netns=self.netns, trusted=trusted)
             path = self._directory(where)
             here = cgroup.fs_path(cgroup.cgroup_of(proc.pid)) == path
             if here and not reattach:
@@ -190,7 +252,7 @@ class Placement:
             if vrf != policy.DEFAULT_VRF:       # the device first: no cgroup for a refusal
                 ifindex = self._resolve(vrf, fields["plain"])
             try:
-                self._prepare(path, vrf, fields, ifindex, owner, source)
+                self._prepare(where, path, vrf, fields, ifindex, owner, source, trusted)
             except Conflict:
                 if not reattach:
                     raise
@@ -200,7 +262,7 @@ class Placement:
                 where = cgroup.with_level(where, _rule_level(fields))
                 path = self._directory(where)
                 here = cgroup.fs_path(cgroup.cgroup_of(proc.pid)) == path
-                self._prepare(path, vrf, fields, ifindex, owner, source)
+                self._prepare(where, path, vrf, fields, ifindex, owner, source, trusted)
             if not here:
                 process.check(proc)
                 cgroup.move(proc.pid, path)
@@ -209,14 +271,17 @@ class Placement:
             raise PlacementError(str(e)) from None
         return where
 
-    def _prepare(self, path, vrf, fields, ifindex, owner, source=None):
-        """The cgroup exists and carries the rule's program (Conflict if it holds
-        processes placed under another rule)."""
+    def _prepare(self, where, path, vrf, fields, ifindex, owner, source, trusted):
+        """The cgroup exists, only `trusted` uids can write it and what is above
+        it, and it carries the rule's program (Conflict if it holds processes
+        placed under another rule)."""
         # Charged whoever made the directory: a user may make them in advance in
         # a cgroup tree delegated to them (user@UID.service).
         self._charge(owner, path)
         if not os.path.isdir(path):
             cgroup.ensure(path)
+        # Levels made in advance by another user (vrf/NAME, pam-vrf-rule-HASH).
+        cgroup.check_trusted(where, trusted)
         if ifindex is not None:
             self.attachments.attach(path, vrf, fields, ifindex, source)
 
