@@ -28,17 +28,22 @@
 #include <sched.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 
 #include <security/pam_modules.h>
 #include <security/pam_ext.h>
+#include <security/pam_modutil.h>
+#include <pwd.h>
 
 #ifndef PAM_VRF_PYTHON
 #define PAM_VRF_PYTHON "/usr/bin/python3"
 #endif
 #define DEFAULT_SOCKET  "/run/pam-vrf/helper.sock"
+#define DEFAULT_CONFIG  "/etc/security/vrf.conf"
+#define MAX_CONFIG      (1 << 20)   /* bytes scanned for "strict" */
 #define ROOT_SOCKET     "root.sock"
 #define LOGIN_TIMEOUT   30      /* s: a busy or stopped helper is waited for */
 #define DECIDER_TIMEOUT 10      /* s: then the offline decider is killed */
@@ -53,13 +58,14 @@ struct options { const char *config, *socket; int debug; };
 /* The fields of a reply we use; strings point into the reply buffer. */
 struct reply { int ok; long version; const char *verdict, *vrf, *rule, *error; };
 
-/* Length of the valid UTF-8 sequence at s (1..4), 0 if invalid. */
-static size_t utf8_seq(const unsigned char *s, size_t n)
+/* Length of the valid UTF-8 sequence at s (1..4), 0 if invalid; *cp is its
+ * code point. */
+static size_t utf8_seq(const unsigned char *s, size_t n, unsigned int *cp)
 {
     unsigned int c;
     size_t len, i;
 
-    if (s[0] < 0x80) return 1;
+    if (s[0] < 0x80) return *cp = s[0], 1;
     if (s[0] >= 0xc2 && s[0] <= 0xdf) { len = 2; c = s[0] & 0x1f; }
     else if (s[0] >= 0xe0 && s[0] <= 0xef) { len = 3; c = s[0] & 0x0f; }
     else if (s[0] >= 0xf0 && s[0] <= 0xf4) { len = 4; c = s[0] & 0x07; }
@@ -72,32 +78,44 @@ static size_t utf8_seq(const unsigned char *s, size_t n)
     /* overlong forms, UTF-16 surrogates, beyond U+10FFFF */
     if ((len == 3 && c < 0x800) || (len == 4 && (c < 0x10000 || c > 0x10ffff))
         || (c >= 0xd800 && c <= 0xdfff)) return 0;
+    *cp = c;
     return len;
 }
 
 static int utf8_valid(const char *s, size_t n)
 {
     size_t i = 0, k;
+    unsigned int cp;
 
     while (i < n) {
-        if ((k = utf8_seq((const unsigned char *)s + i, n - i)) == 0) return 0;
+        if ((k = utf8_seq((const unsigned char *)s + i, n - i, &cp)) == 0) return 0;
         i += k;
     }
     return 1;
 }
 
-/* A copy of s fit for a log line: control bytes and invalid UTF-8 become '?',
- * truncated at a character boundary. */
+/* What a log reader's terminal or viewer would act on: C0 and C1 controls
+ * (U+009B is CSI, U+0085 NEL), DEL, the line and paragraph separators, and
+ * the bidirectional marks and overrides (they reorder what is shown). */
+static int unsafe_cp(unsigned int c)
+{
+    return c < 0x20 || (c >= 0x7f && c < 0xa0) || c == 0x200e || c == 0x200f
+        || (c >= 0x2028 && c <= 0x202e) || (c >= 0x2066 && c <= 0x2069);
+}
+
+/* A copy of s fit for a log line: each unsafe character and each byte of
+ * invalid UTF-8 becomes '?'; truncated at a character boundary. */
 static const char *printable(char *dst, size_t size, const char *s)
 {
     size_t n = s ? strlen(s) : 0, i = 0, o = 0, k;
     const unsigned char *u = (const unsigned char *)s;
+    unsigned int cp;
 
     while (i < n) {
-        k = u[i] < 0x20 || u[i] == 0x7f ? 0 : utf8_seq(u + i, n - i);
+        k = utf8_seq(u + i, n - i, &cp);
         if (o + (k ? k : 1) >= size) break;
-        if (k) { memcpy(dst + o, s + i, k); o += k; i += k; }
-        else { dst[o++] = '?'; i++; }
+        if (k && !unsafe_cp(cp)) { memcpy(dst + o, s + i, k); o += k; i += k; }
+        else { dst[o++] = '?'; i += k ? k : 1; }
     }
     dst[o] = '\0';
     return dst;
@@ -126,10 +144,10 @@ static int json_field(char *buf, size_t size, size_t *len, const char *key, cons
     return 0;
 }
 
-/* {"v":2,"op":"open","user":U[,"service":S][,"tty":T][,"rhost":H]}: no pid,
- * the helper moves the sender (see send_request). */
+/* {"v":2,"op":"open","user":U[,"service":S][,"tty":T][,"rhost":H][,"ruser":R]}:
+ * no pid, the helper moves the sender (see send_request). */
 static int encode_request(char *buf, size_t size, const char *user, const char *service,
-                          const char *tty, const char *rhost)
+                          const char *tty, const char *rhost, const char *ruser)
 {
     static const char head[] = "{\"v\":2,\"op\":\"open\"";
     size_t len = sizeof(head) - 1;
@@ -139,7 +157,8 @@ static int encode_request(char *buf, size_t size, const char *user, const char *
     if (json_field(buf, size, &len, "user", user) < 0
         || (service && json_field(buf, size, &len, "service", service) < 0)
         || (tty && json_field(buf, size, &len, "tty", tty) < 0)
-        || (rhost && json_field(buf, size, &len, "rhost", rhost) < 0) || len + 2 > size) return -1;
+        || (rhost && json_field(buf, size, &len, "rhost", rhost) < 0)
+        || (ruser && json_field(buf, size, &len, "ruser", ruser) < 0) || len + 2 > size) return -1;
     buf[len++] = '}';
     buf[len] = '\0';
     return 0;
@@ -404,13 +423,19 @@ static void reset_limits(void)
     sched_setscheduler(0, SCHED_OTHER, &normal);
 }
 
-__attribute__((noreturn)) static void exec_decider(const char *const *argv)
+/* The decider's one line on stdout (pam_vrf.offline): an exit status alone
+ * cannot tell a verdict from a crash (Python exits 1 on any uncaught error). */
+#define VERDICT_PROCEED "pam_vrf.offline: proceed\n"
+#define VERDICT_REFUSE  "pam_vrf.offline: refuse\n"
+
+__attribute__((noreturn)) static void exec_decider(const char *const *argv, int out)
 {
     static char *const envp[] = { "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C.UTF-8", NULL };
     int null = open("/dev/null", O_RDWR), i;
     sigset_t none;
 
-    if (null < 0 || chdir("/") < 0 || dup2(null, 0) < 0 || dup2(null, 1) < 0 || dup2(null, 2) < 0)
+    umask(077);         /* not the caller's: the decider makes nothing for others */
+    if (null < 0 || chdir("/") < 0 || dup2(null, 0) < 0 || dup2(out, 1) < 0 || dup2(null, 2) < 0)
         _exit(126);
     if (close_range(3, ~0U, 0) < 0)
         for (i = 3; i < 65536; i++) close(i);
@@ -425,10 +450,13 @@ __attribute__((noreturn)) static void exec_decider(const char *const *argv)
     _exit(127);
 }
 
-/* Exit status 0 or 1 of the decider; -1 (logged) for anything else. Polls:
- * the decider gets DECIDER_TIMEOUT seconds, then it is killed and reaped. */
-static int wait_decider(pam_handle_t *pamh, pid_t pid)
+/* 0 (proceed) or 1 (refuse) when the decider exited 0 after printing exactly
+ * one verdict line on `out`; -1 (logged) for anything else. Polls: the
+ * decider gets DECIDER_TIMEOUT seconds, then it is killed and reaped. */
+static int wait_decider(pam_handle_t *pamh, pid_t pid, int out)
 {
+    char said[64];
+    ssize_t n;
     struct timespec deadline = deadline_in(DECIDER_TIMEOUT), tick = { 0, 10 * 1000 * 1000 };
     int status = 0;
     pid_t got;
@@ -448,9 +476,13 @@ static int wait_decider(pam_handle_t *pamh, pid_t pid)
         }
         nanosleep(&tick, NULL);
     }
-    if (WIFEXITED(status) && WEXITSTATUS(status) <= 1) return WEXITSTATUS(status);
+    /* Exited: all it wrote is in the pipe (a writer that filled it was killed above). */
+    n = read(out, said, sizeof(said) - 1);
+    said[n > 0 ? n : 0] = '\0';
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0 && !strcmp(said, VERDICT_PROCEED)) return 0;
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0 && !strcmp(said, VERDICT_REFUSE)) return 1;
     if (WIFEXITED(status))
-        pam_syslog(pamh, LOG_ERR, "offline decider %s -m pam_vrf.offline failed (exit status %d%s)",
+        pam_syslog(pamh, LOG_ERR, "offline decider %s -m pam_vrf.offline failed (exit status %d%s, no verdict)",
                    PAM_VRF_PYTHON, WEXITSTATUS(status), WEXITSTATUS(status) == 127 ? ": cannot execute it" : "");
     else
         pam_syslog(pamh, LOG_ERR, "offline decider %s -m pam_vrf.offline killed by signal %d",
@@ -463,7 +495,7 @@ static int run_decider(pam_handle_t *pamh, const char *user, const char *service
 {
     const char *argv[16];
     struct sigaction dfl = { .sa_handler = SIG_DFL }, old;
-    int argc = 0, rc;
+    int argc = 0, rc, out[2];
     pid_t pid;
 
     argv[argc++] = "python3"; argv[argc++] = "-I"; argv[argc++] = "-m"; argv[argc++] = "pam_vrf.offline";
@@ -481,17 +513,63 @@ static int run_decider(pam_handle_t *pamh, const char *user, const char *service
         pam_syslog(pamh, LOG_ERR, "cannot reset SIGCHLD: %m");
         return -1;
     }
-    if ((pid = fork()) == 0) exec_decider(argv);
+    if (pipe2(out, O_CLOEXEC | O_NONBLOCK) < 0) {
+        pam_syslog(pamh, LOG_ERR, "cannot make a pipe for the offline decider: %m");
+        sigaction(SIGCHLD, &old, NULL);
+        return -1;
+    }
+    if ((pid = fork()) == 0) exec_decider(argv, out[1]);
+    close(out[1]);
     if (pid < 0) pam_syslog(pamh, LOG_ERR, "cannot fork the offline decider: %m");
-    rc = pid < 0 ? -1 : wait_decider(pamh, pid);
+    rc = pid < 0 ? -1 : wait_decider(pamh, pid, out[0]);
+    close(out[0]);
     sigaction(SIGCHLD, &old, NULL);
     return rc;
+}
+
+/* 0 only when the policy can be read whole and has no "strict" anywhere:
+ * then no strict rule can apply, whatever the decider would have said. */
+static int may_be_strict(const char *path)
+{
+    char buf[4096 + 8];
+    size_t keep = 0, total = 0;
+    ssize_t n;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK), found = 0;
+
+    if (fd < 0) return 1;
+    while (!found && total <= MAX_CONFIG && (n = read(fd, buf + keep, 4096)) > 0) {
+        size_t len = keep + (size_t)n;
+        total += (size_t)n;
+        found = memmem(buf, len, "strict", 6) != NULL;
+        keep = len < 5 ? len : 5;           /* a word cut between two reads */
+        memmove(buf, buf + len - keep, keep);
+    }
+    if (n != 0 || total > MAX_CONFIG) found = 1;
+    close(fd);
+    return found;
+}
+
+/* The session is opened for a non-root invoker: su (real uid the user's) or
+ * sudo (setuid(0) before pam_open_session; PAM_RUSER names the invoker). */
+static const char *invoker(pam_handle_t *pamh, char *buf, size_t size)
+{
+    const void *item;
+    const struct passwd *pw;
+
+    if (getuid() != geteuid()) {
+        snprintf(buf, size, "uid %u", (unsigned)getuid());
+        return buf;
+    }
+    if (pam_get_item(pamh, PAM_RUSER, &item) != PAM_SUCCESS || !item || !*(const char *)item) return NULL;
+    pw = pam_modutil_getpwnam(pamh, item);
+    if (pw && pw->pw_uid == 0) return NULL;
+    return printable(buf, size, item);
 }
 
 static int slow_path(pam_handle_t *pamh, const char *user, const char *service,
                      const struct options *o, const char *who, const char *reason)
 {
-    char safe_reason[512];
+    char safe_reason[512], by[MAX_USER + 8];
     int rc;
 
     /* The reason becomes an argument and a log line of the decider. */
@@ -500,13 +578,13 @@ static int slow_path(pam_handle_t *pamh, const char *user, const char *service,
     rc = run_decider(pamh, user, service, o, safe_reason);
     if (rc == 0) return PAM_SUCCESS;
     if (rc == 1) return PAM_SESSION_ERR;   /* a strict rule: the decider logged it */
-    if (getuid() != geteuid()) {
-        /* A setuid caller (su, sudo): the invoking user may have made the decider
-         * fail (rlimits we could not lift, an idle priority), and a strict rule
-         * must not be escaped that way. Root's own logins are never refused here. */
+    if (invoker(pamh, by, sizeof(by)) && may_be_strict(o->config ? o->config : DEFAULT_CONFIG)) {
+        /* su/sudo for a non-root user: the invoker may have made the decider
+         * fail (rlimits we could not lift, load until it timed out), and a
+         * strict rule must not be escaped that way. Root's own logins, and a
+         * policy without "strict", are never refused here. */
         pam_syslog(pamh, LOG_ERR, "%s: refusing session: %s, and the offline decider could not tell whether a "
-                   "strict rule applies (invoked by uid %u through a setuid program)", who, safe_reason,
-                   (unsigned)getuid());
+                   "strict rule applies (invoked by %s through su/sudo)", who, safe_reason, by);
         return PAM_SESSION_ERR;
     }
     pam_syslog(pamh, LOG_ERR, "%s: session left unplaced (%s; offline decider unusable)", who, safe_reason);
@@ -530,7 +608,7 @@ PUBLIC int pam_sm_open_session(pam_handle_t *pamh, int flags, int argc, const ch
 {
     struct options o = { NULL, DEFAULT_SOCKET, 0 };
     const void *item;
-    const char *user, *service = NULL, *tty = NULL, *rhost = NULL, *verdict;
+    const char *user, *service = NULL, *tty = NULL, *rhost = NULL, *ruser = NULL, *verdict;
     char request[MAX_MESSAGE + 1], reply_buf[MAX_MESSAGE + 2], why[600], who[600];
     char u_safe[MAX_USER + 8], s_safe[128], a_safe[256], v_safe[64], r_safe[256], e_safe[512];
     struct reply r;
@@ -539,8 +617,11 @@ PUBLIC int pam_sm_open_session(pam_handle_t *pamh, int flags, int argc, const ch
 
     (void)flags;
     for (i = 0; i < argc; i++) {
-        if (!strncmp(argv[i], "config=", 7) && argv[i][7]) o.config = argv[i] + 7;
-        else if (!strncmp(argv[i], "socket=", 7) && argv[i][7]) o.socket = argv[i] + 7;
+        /* a relative path would name a file in the caller's working directory (su: the user's) */
+        if ((!strncmp(argv[i], "config=", 7) || !strncmp(argv[i], "socket=", 7)) && argv[i][7] != '/')
+            pam_syslog(pamh, LOG_ERR, "ignoring '%s': not an absolute path", printable(a_safe, sizeof(a_safe), argv[i]));
+        else if (!strncmp(argv[i], "config=", 7)) o.config = argv[i] + 7;
+        else if (!strncmp(argv[i], "socket=", 7)) o.socket = argv[i] + 7;
         else if (!strcmp(argv[i], "debug")) o.debug = 1;
         else pam_syslog(pamh, LOG_WARNING, "ignoring unknown module argument '%s'",
                         printable(a_safe, sizeof(a_safe), argv[i]));
@@ -553,10 +634,11 @@ PUBLIC int pam_sm_open_session(pam_handle_t *pamh, int flags, int argc, const ch
     if (pam_get_item(pamh, PAM_SERVICE, &item) == PAM_SUCCESS && item && *(const char *)item) service = item;
     if (pam_get_item(pamh, PAM_TTY, &item) == PAM_SUCCESS && item && *(const char *)item) tty = item;
     if (pam_get_item(pamh, PAM_RHOST, &item) == PAM_SUCCESS && item && *(const char *)item) rhost = item;
+    if (pam_get_item(pamh, PAM_RUSER, &item) == PAM_SUCCESS && item && *(const char *)item) ruser = item;
     snprintf(who, sizeof(who), "user %s (service %s)", printable(u_safe, sizeof(u_safe), user),
              printable(s_safe, sizeof(s_safe), service ? service : "-"));
 
-    if (encode_request(request, sizeof(request), user, service, tty, rhost) < 0)
+    if (encode_request(request, sizeof(request), user, service, tty, rhost, ruser) < 0)
         return slow_path(pamh, user, service, &o, who,
                          "cannot encode the request (not UTF-8, or a user name over 256 bytes)");
     n = ask_helper(o.socket, request, reply_buf, MAX_MESSAGE + 1, why, sizeof(why));

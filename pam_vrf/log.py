@@ -16,8 +16,12 @@ LOG_AUTHPRIV = 10 << 3
 ERR, WARNING, NOTICE, INFO, DEBUG = 3, 4, 5, 6, 7
 DEV_LOG = "/dev/log"
 # Control characters (a user name from PAM may hold newlines) would forge
-# log lines: every one is written as \xNN.
-_ESCAPES = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7f]}
+# log lines, and a reader's terminal acts on C1 controls (U+009B is CSI,
+# U+0085 a newline to some): every one is written as \xNN. Line and paragraph
+# separators and the bidirectional marks and overrides (they reorder what a
+# viewer shows) as \uNNNN.
+_ESCAPES = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7f, 0xa0)]}
+_ESCAPES.update({c: f"\\u{c:04x}" for c in [0x200e, 0x200f, *range(0x2028, 0x202f), *range(0x2066, 0x206a)]})
 
 
 def escape(text):

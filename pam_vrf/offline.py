@@ -7,16 +7,22 @@ rule could apply). Logged to syslog (authpriv) either way.
 
 The C module runs this as
     /usr/bin/python3 -I -m pam_vrf.offline [--service S] [--config F] [--debug] --reason WHY -- USER
-with a fixed environment (never the PAM caller's PATH); exit 0 lets the
-session proceed, 1 refuses it. The pam_python hook calls decide() in process.
+with a fixed environment (never the PAM caller's PATH). It prints one
+verdict line, VERDICT[PROCEED] or VERDICT[REFUSE], and exits 0: an exit
+status alone cannot tell a refusal from a crash (Python exits 1 for a
+missing module or any uncaught exception), so the module takes anything
+else for a decider that could not decide. The pam_python hook calls
+decide() in process.
 """
 
+import os
 import sys
 
 from pam_vrf import policy
 from pam_vrf.log import Logger
 
 PROCEED, REFUSE = True, False
+VERDICT = {PROCEED: b"pam_vrf.offline: proceed\n", REFUSE: b"pam_vrf.offline: refuse\n"}
 
 
 def decide(user, service, config, reason, log):
@@ -61,7 +67,8 @@ def main(argv=None):
     p.add_argument("--debug", action="store_true")
     args = p.parse_args(argv)
     log = Logger("pam_vrf", args.debug)
-    return 0 if decide(args.user, args.service or None, args.config, args.reason, log) == PROCEED else 1
+    os.write(1, VERDICT[decide(args.user, args.service or None, args.config, args.reason, log)])
+    return 0
 
 
 if __name__ == "__main__":

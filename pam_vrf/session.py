@@ -1,7 +1,7 @@
 """The login path of the pam_python entry: ask the helper, map its verdict.
 
-    hook(user, service, args)
-      1. send {user, service} to the helper's root.sock; the helper decides
+    hook(user, service, args, env, ruser)
+      1. send {user, service, ruser} to the helper's root.sock; the helper decides
          from vrf.conf and places this process, the PAM caller
       2. placed / kept / alone / unplaced: the session proceeds; refused: it fails
       3. the helper not running, or no usable answer within LOGIN_TIMEOUT:
@@ -32,13 +32,18 @@ class Options:
         return f"Options(config={self.config!r}, socket={self.socket!r}, debug={self.debug!r})"
 
 
-def parse_options(args, unknown=None):
+def parse_options(args, unknown=None, relative=None):
     """PAM module arguments: config=PATH socket=PATH debug. Others are
-    appended to `unknown` (a list) when one is given."""
+    appended to `unknown` (a list) when one is given; a config= or socket=
+    that is not an absolute path (it would name a file in the caller's
+    working directory) is ignored and appended to `relative`."""
     found = {}
     for arg in args:
         key, eq, value = arg.partition("=")
-        if key in ("config", "socket") and eq and value:
+        if key in ("config", "socket") and eq and not value.startswith("/"):
+            if relative is not None:
+                relative.append(arg)
+        elif key in ("config", "socket") and eq:
             found[key] = value
         elif arg == "debug":
             found["debug"] = True
@@ -47,24 +52,29 @@ def parse_options(args, unknown=None):
     return Options(**found)
 
 
-def hook(user, service, args, env=None):
+def hook(user, service, args, env=None, ruser=None):
     """What the pam_python entry calls: module arguments in, verdict out.
-    `env` (a dict) receives PAM_VRF when the session is in a VRF."""
-    unknown = []
-    options = parse_options(args, unknown)
+    `env` (a dict) receives PAM_VRF when the session is in a VRF; `ruser` is
+    PAM_RUSER (sudo and su set it to the invoking user)."""
+    unknown, relative = [], []
+    options = parse_options(args, unknown, relative)
     log = Logger("pam_vrf", options.debug)
     for arg in unknown:
         log.warning(f"ignoring unknown module argument '{arg}'")
-    return open_session(user, service, options, log, env)
+    for arg in relative:
+        log.err(f"ignoring '{arg}': not an absolute path")
+    return open_session(user, service, options, log, env, ruser)
 
 
-def open_session(user, service, options, log, env=None):
+def open_session(user, service, options, log, env=None, ruser=None):
     """PROCEED or REFUSE. Never raises."""
     try:
         from pam_vrf import client
-        message = {"op": "open", "user": user or "", "service": service or ""}
-        if not service:
-            del message["service"]
+        message = {"op": "open", "user": user or ""}
+        if service:
+            message["service"] = service
+        if ruser:
+            message["ruser"] = ruser
         try:
             answer = client.request(message, protocol.root_socket(options.socket), protocol.LOGIN_TIMEOUT)
         except client.HelperError as e:

@@ -276,13 +276,17 @@ for fd in os.listdir("/proc/self/fd"):
     except OSError:
         pass                    # the directory listing itself
 status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+umask = os.umask(0o777)
 with open(os.path.join(here, "record.json"), "w") as f:
     json.dump({"argv": sys.argv[1:], "environ": open("/proc/self/environ").read().split("\\0")[:-1],
                "resuid": os.getresuid(), "resgid": os.getresgid(), "groups": os.getgroups(),
-               "cwd": os.getcwd(), "fds": fds, "sigblk": int(status["SigBlk"], 16)}, f)
+               "cwd": os.getcwd(), "fds": fds, "sigblk": int(status["SigBlk"], 16), "umask": umask}, f)
 mode = open(os.path.join(here, "mode")).read().strip()
 if mode == "hang":
     time.sleep(600)
+if mode in ("proceed", "refuse"):       # pam_vrf.offline's verdict line
+    os.write(1, f"pam_vrf.offline: {mode}\\n".encode())
+    sys.exit(0)
 sys.exit(int(mode))
 """
 
@@ -311,7 +315,7 @@ def test_slow_path_runs_the_decider_as_root_with_a_fixed_environment(recording_m
     """Invoked like su (real uid the user's, effective uid 0), with a hostile
     environment, a blocked signal and an extra fd: the decider sees none of it."""
     path, where = recording_module
-    set_mode(where, "0")
+    set_mode(where, "proceed")
     invoker = throwaway_user()
     config = vrf_conf("* -\n")
     service = pam_service(f"config={config} socket={where}/nowhere/helper.sock debug", path=path)
@@ -319,6 +323,7 @@ def test_slow_path_runs_the_decider_as_root_with_a_fixed_environment(recording_m
 
     def block_signals():
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGTERM})
+        os.umask(0)         # the invoker's umask: the decider gets 077, not this
 
     env = {"PATH": f"{where}:{SYSTEM_PATH}", "PYTHONPATH": where, "LD_LIBRARY_PATH": where, "HOME": where}
     try:
@@ -336,14 +341,20 @@ def test_slow_path_runs_the_decider_as_root_with_a_fixed_environment(recording_m
     assert record["environ"] == ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C.UTF-8"]
     assert record["resuid"] == [0, 0, 0] and record["resgid"] == [0, 0, 0] and record["groups"] == []
     assert record["cwd"] == "/"
-    assert record["fds"] == {"0": "/dev/null", "1": "/dev/null", "2": "/dev/null"}
+    # stdout: the pipe the verdict line comes back on
+    assert record["fds"]["0"] == record["fds"]["2"] == "/dev/null" and record["fds"]["1"].startswith("pipe:")
+    assert sorted(record["fds"]) == ["0", "1", "2"], record["fds"]
     assert record["sigblk"] == 0
+    assert record["umask"] == 0o077
 
 
 @pytest.mark.parametrize("mode, opened, logged", [
-    ("1", False, None),                                      # strict rule: the decider logged it
-    ("3", True, "failed (exit status 3)"),                   # broken decider: never a lockout
-    ("missing", True, "failed (exit status 127: cannot execute it)"),
+    ("refuse", False, None),                                 # strict rule: the decider logged it
+    ("proceed", True, None),
+    ("1", True, "failed (exit status 1, no verdict)"),       # Python's status for any crash: not a refusal
+    ("0", True, "failed (exit status 0, no verdict)"),       # no verdict line: not a verdict
+    ("3", True, "failed (exit status 3, no verdict)"),       # broken decider: never a lockout
+    ("missing", True, "failed (exit status 127: cannot execute it, no verdict)"),
 ])
 def test_decider_exit_status_decides(recording_module, pam_service, syslog, mode, opened, logged, scratch):
     path, where = recording_module
@@ -548,7 +559,9 @@ def test_request_size_limit_and_hostile_replies_under_addresssanitizer(decider, 
 
 # -- the real helper: the happy path ---------------------------------------------
 
-DRIVER = textwrap.dedent("""
+# libpam through ctypes: open a session for argv[1:3] (service, user) in this
+# very process; rc is pam_open_session's.
+OPEN_SESSION = textwrap.dedent("""
     import ctypes, json, socket, sys
     service, user = sys.argv[1:3]
     pam = ctypes.CDLL("libpam.so.0")
@@ -559,6 +572,9 @@ DRIVER = textwrap.dedent("""
     handle = ctypes.c_void_p()
     assert pam.pam_start(service.encode(), user.encode(), ctypes.byref(conv), ctypes.byref(handle)) == 0
     rc = pam.pam_open_session(handle, 0)
+""")
+
+DRIVER = OPEN_SESSION + textwrap.dedent("""
     pam.pam_getenv.restype = ctypes.c_char_p
     env = pam.pam_getenv(handle, b"PAM_VRF")
     s = socket.socket()
@@ -684,3 +700,176 @@ def test_the_callers_limits_cannot_break_the_slow_path(decider, users, pam_servi
     proc = subprocess.run(argv, env={"PATH": SYSTEM_PATH}, cwd="/", capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "successfully opened" not in proc.stdout + proc.stderr, proc
     syslog.wait_for([f"user {strict}", "refusing session"], mark)
+
+
+# -- issue 14: a decider that crashes, su/sudo, relative paths, log escaping --------
+
+# Real interpreters that cannot decide: the module's own argv (-I -m pam_vrf.offline ...)
+# reaches each wrapper, as PAM_VRF_PYTHON.
+BROKEN_DECIDERS = {
+    # the package is not where the interpreter looks (site-packages off): "No module named pam_vrf"
+    "package missing": 'exec /usr/bin/python3 -S "$@"',
+    # a package that fails to import
+    "import fails": 'shift 3; cd "$(dirname "$0")/broken-import" && exec /usr/bin/python3 -S -m pam_vrf.offline "$@"',
+    # an uncaught exception after half a line
+    "exception": 'shift 3; cd "$(dirname "$0")/broken-run" && exec /usr/bin/python3 -S -m pam_vrf.offline "$@"',
+    "no interpreter": 'exec /nonexistent/python3 "$@"',
+}
+
+
+@pytest.fixture
+def broken_decider(scratch):
+    """make(case) -> a module build whose decider is one of BROKEN_DECIDERS."""
+    for name, init, offline in (("broken-import", "raise ImportError('cannot import name x')\n", ""),
+                                ("broken-run", "", "import os\nos.write(1, b'pam_vrf.offline: proc')\n"
+                                                   "raise RuntimeError('boom')\n")):
+        os.makedirs(os.path.join(scratch, name, "pam_vrf"))
+        with open(os.path.join(scratch, name, "pam_vrf", "__init__.py"), "w") as f:
+            f.write(init)
+        with open(os.path.join(scratch, name, "pam_vrf", "offline.py"), "w") as f:
+            f.write(offline)
+    wrapper = os.path.join(scratch, "python3")
+    os.mkdir(os.path.join(scratch, "variant"))
+    out = os.path.join(scratch, "variant", "pam_vrf.so")
+    build_variant(out, PYTHON=wrapper)
+    for d, dirs, files in os.walk(scratch):
+        for name in dirs + files:
+            os.chmod(os.path.join(d, name), 0o755)
+
+    def make(case):
+        with open(wrapper, "w") as f:
+            f.write(f"#!/bin/sh\n{BROKEN_DECIDERS[case]}\n")
+        os.chmod(wrapper, 0o755)
+        return out
+    return make
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_DECIDERS))
+def test_a_decider_that_cannot_decide_is_never_taken_for_a_strict_refusal(broken_decider, pam_service, syslog,
+                                                                          scratch, vrf_conf, case):
+    """Issue 14 item 6: Python exits 1 for a missing package or any uncaught
+    exception, and the module took exit status 1 for "a strict rule refuses":
+    with the helper down, every login was refused. Now only the decider's
+    verdict line counts; without one, root's logins proceed unplaced, logged."""
+    path = broken_decider(case)
+    config = vrf_conf("*  vtnone  plain strict\n")
+    service = pam_service(f"config={config} socket={scratch}/nowhere/helper.sock", path=path)
+    mark = syslog.mark()
+    result = pamtester(syslog, service, "alice")
+    assert result.opened, result
+    line = syslog.wait_for([f"pam_vrf({service}:session): offline decider", "no verdict"], mark)
+    assert line.startswith(f"<{AUTHPRIV + ERR}>"), line
+    syslog.wait_for([f"pam_vrf({service}:session): user alice (service {service}): session left unplaced",
+                     "offline decider unusable"], mark)
+
+
+@pytest.mark.parametrize("caller, policy, opened", [
+    ("su", "strict", False),        # the invoker may have broken the decider: a strict rule is not escaped
+    ("su", "plain", True),          # no strict rule in the policy: nothing to escape, never a lockout
+    ("sudo", "strict", False),      # sudo: real uid 0, PAM_RUSER the invoker (failed open before)
+    ("sudo", "plain", True),
+    ("sudo-root", "strict", True),  # root's own sudo: root's sessions are never refused here
+    ("daemon", "strict", True),     # sshd, login: root's logins are never refused here
+])
+def test_a_broken_decider_refuses_su_and_sudo_only_where_a_strict_rule_may_apply(
+        recording_module, pam_service, syslog, throwaway_user, vrf_conf, caller, policy, opened):
+    path, where = recording_module
+    set_mode(where, "1")            # crashed
+    invoker = throwaway_user()
+    config = vrf_conf(f"*  vtnone  plain {'strict' if policy == 'strict' else ''}\n")
+    service = pam_service(f"config={config} socket={where}/nowhere/helper.sock", path=path)
+    items = {"sudo": (f"ruser={invoker.pw_name}",), "sudo-root": ("ruser=root",)}.get(caller, ())
+    mark = syslog.mark()
+    result = pamtester(syslog, service, "alice", items=items, like_su=invoker if caller == "su" else None)
+    assert result.opened == opened, result
+    if not opened:
+        by = f"uid {invoker.pw_uid}" if caller == "su" else invoker.pw_name
+        syslog.wait_for([f"pam_vrf({service}:session): user alice", "refusing session",
+                         f"invoked by {by} through su/sudo"], mark)
+    else:
+        syslog.wait_for([f"pam_vrf({service}:session): user alice", "session left unplaced"], mark)
+
+
+@pytest.mark.parametrize("arg", ["socket=helper.sock", "socket=sub/helper.sock"])
+def test_a_relative_socket_is_refused_not_looked_up_in_the_callers_directory(
+        recording_module, pam_service, syslog, scratch, raw_server, arg):
+    """Issue 14 item 8: under su the working directory is the invoking user's:
+    `socket=helper.sock` connected to ./root.sock, where the user's own server
+    could answer "alone" (or anything). Such an argument is ignored and logged."""
+    path, where = recording_module
+    set_mode(where, "proceed")
+    cwd = scratch
+    os.makedirs(os.path.join(scratch, "sub"), exist_ok=True)
+    servers = [RawServer(scratch, b'{"v":2,"ok":true,"verdict":"alone"}'),
+               RawServer(os.path.join(scratch, "sub"), b'{"v":2,"ok":true,"verdict":"alone"}')]
+    try:
+        service = pam_service(f"{arg} config=vrf.conf", path=path)
+        mark = syslog.mark()
+        result = pamtester(syslog, service, "alice", cwd=cwd)
+        assert result.opened, result
+        assert [s.requests for s in servers] == [[], []]
+        for bad in (arg, "config=vrf.conf"):
+            line = syslog.wait_for([f"pam_vrf({service}:session): ignoring '{bad}': not an absolute path"], mark)
+            assert line.startswith(f"<{AUTHPRIV + ERR}>"), line
+        record = json.load(open(os.path.join(where, "record.json")))
+        assert "--config" not in record["argv"], record
+    finally:
+        for server in servers:
+            server.close()
+
+
+def test_the_pam_python_entry_refuses_a_relative_socket_too(decider, syslog, scratch, raw_server):
+    server = raw_server(b'{"v":2,"ok":true,"verdict":"alone"}')
+    name = f"pvt-py{uid_tag()}"
+    file = f"/etc/pam.d/{name}"
+    with open(file, "w") as f:
+        f.write("auth required pam_permit.so\naccount required pam_permit.so\nsession required pam_permit.so\n"
+                "session [success=ok session_err=bad default=ignore] pam_python.so /usr/lib/pam-vrf/pam_vrf.py "
+                "socket=helper.sock config=vrf.conf\n")
+    try:
+        mark = syslog.mark()
+        result = pamtester(syslog, name, "alice", cwd=scratch)
+        assert result.opened, result
+        assert server.requests == []
+        for bad in ("socket=helper.sock", "config=vrf.conf"):
+            line = syslog.wait_for(["pam_vrf[", f"ignoring '{bad}': not an absolute path"], mark)
+            assert line.startswith(f"<{AUTHPRIV + ERR}>"), line
+    finally:
+        os.unlink(file)
+
+
+# What a terminal or a log viewer acts on, beyond C0: C1 controls (CSI, NEL),
+# the line/paragraph separators, bidi marks and overrides.
+UNSAFE = "\x80\x85\x9b\x9f\u2028\u2029\u202e\u2066\u200f"
+
+
+def test_escape_covers_c1_controls_separators_and_bidi_overrides():
+    from pam_vrf.log import escape
+    assert escape("a\x9b[2Jb\x85c\u2028d\u2029e\u202ef\x1b\x7f") == \
+        "a\\x9b[2Jb\\x85c\\u2028d\\u2029e\\u202ef\\x1b\\x7f"
+    for c in UNSAFE:
+        assert c not in escape(f"x{c}y"), repr(c)
+    assert escape("caf\u00e9 \u00a0\u4e2d \U0001f600") == "caf\u00e9 \u00a0\u4e2d \U0001f600"
+
+
+@pytest.mark.parametrize("name", [
+    "ev\x9b[31mil",                       # U+009B CSI: a terminal's escape sequence without ESC
+    "a\x85Fake: line",                    # U+0085 NEL
+    "a\u2028b\u2029c\u202eevil",          # separators, right-to-left override
+    b"ov\xe0\x82\x9berlong",              # an overlong U+009B: invalid UTF-8, never decoded into one
+    b"half\xc2",                          # a truncated sequence
+])
+def test_no_c1_control_or_separator_reaches_the_log(decider, pam_service, syslog, scratch, vrf_conf, name):
+    """Issue 14 item 8: both the module (pam_syslog) and the decider (log.escape)
+    wrote C1 controls and U+2028 raw."""
+    config = vrf_conf("*  vtnone  plain\n")
+    service = pam_service(f"config={config} socket={scratch}/nowhere/helper.sock debug")
+    mark = syslog.mark()
+    assert pamtester(syslog, service, name).opened
+    lines = syslog.since(mark)
+    module = [l for l in lines if f"pam_vrf({service}:session): user " in l]
+    decider_lines = [l for l in lines if "pam_vrf[" in l and "left unplaced" in l]
+    assert module and decider_lines, lines
+    for line in module + decider_lines:
+        assert not any(c in line for c in UNSAFE + "\ufffd"), repr(line)
+        assert not any(ord(c) < 0x20 or ord(c) == 0x7f for c in line), repr(line)

@@ -44,7 +44,7 @@ class Placement:
 
     # -- logins --------------------------------------------------------------
 
-    def open_session(self, proc, user, service):
+    def open_session(self, proc, user, service, ruser=None):
         """Decide and place a login's PAM caller; returns the reply (a verdict)."""
         who = f"user {user} (service {service or '-'})"
         if service == policy.MANAGER_SERVICE:
@@ -64,9 +64,9 @@ class Placement:
             return verdict("alone", rule=rule.where if rule else None)
 
         uid = _uid_of(user)
-        kept = self._confined_self_session(proc, uid)
+        kept, by = self._confined_self_session(proc, uid, ruser)
         if kept is not None:
-            self.log.notice(f"{who}: pid {proc.pid}, a session of uid {proc.ruid} for its own account, keeps its "
+            self.log.notice(f"{who}: pid {proc.pid}, a session {by} for its own account, keeps its "
                             f"placement ({kept}); rule {rule.where} not applied")
             return verdict("kept", vrf=cgroup.vrf_of(kept) or None, rule=rule.where, cgroup=kept)
 
@@ -93,21 +93,33 @@ class Placement:
         self.log.info(placed + (f"; systemd user manager {manager} bound too" if manager else ""))
         return verdict("placed", vrf=rule.target, rule=rule.where, cgroup=where)
 
-    def _confined_self_session(self, proc, uid):
+    def _confined_self_session(self, proc, uid, ruser=None):
         """A non-root invoker opening a session for their own account (su to
         oneself, sudo -u self) must not loosen where they already are: the
-        cgroup they are in, when a sock-create program already covers it."""
-        if proc.ruid == 0 or uid is None or proc.ruid != uid:
-            return None
+        cgroup they are in, when a sock-create program already covers it.
+        The invoker: the real uid (su; Debian 12's sudo too), else, for a
+        client that set its real uid to 0 first, PAM_RUSER (su and sudo set
+        it to the invoking user; root daemons such as sshd set none). Not the
+        audit loginuid: pam_loginuid sets it in sshd's and login's own stack,
+        before us, and an unset one can be set by the process itself.
+        Returns (cgroup or None, who)."""
+        if uid is None or uid == 0:
+            return None, None
+        if proc.ruid == uid:
+            by = f"of uid {uid}"
+        elif proc.ruid == 0 and ruser and _uid_of(ruser) == uid:
+            by = f"by {ruser} (PAM_RUSER) as uid {uid}"
+        else:
+            return None, None
         try:
             current = cgroup.cgroup_of(proc.pid)
             if cgroup.vrf_of(current) or cgroup_link.effective(cgroup.fs_path(current)):
-                return current
+                return current, by
         except (cgroup.CgroupError, BpfError) as e:
             # Cannot tell: keeping it where it is is never a loosening.
             self.log.warning(f"cannot read the placement of pid {proc.pid}: {e}; keeping it")
-            return "?"
-        return None
+            return "?", by
+        return None, None
 
     # -- the user's systemd manager ----------------------------------------------
 

@@ -62,7 +62,8 @@ class Handler:
         service = _text(request, "service", optional=True)
         for key in ("tty", "rhost"):
             _text(request, key, optional=True)
-        return self.placement.open_session(_pinned(peer), user, service or None)
+        ruser = _text(request, "ruser", optional=True)      # the invoker, as su/sudo set it
+        return self.placement.open_session(_pinned(peer), user, service or None, ruser)
 
     def place(self, request, peer):
         vrf = request.get("vrf")
