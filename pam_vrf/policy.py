@@ -231,17 +231,21 @@ def _u32(seen, key, fail):
     return int(digits, base)
 
 
-# Who is logging in, as NSS knows them: user name, a frozenset of gids, and
-# the NSS failure (text) that kept us from knowing the groups, or None.
-Account = namedtuple("Account", ["user", "gids", "error"], defaults=[None])
+# Who is logging in, as NSS knows them: the account's name (NSS's spelling),
+# a frozenset of gids, the NSS failure (text) that kept us from knowing the
+# groups or None, and the name as the login gave it.
+Account = namedtuple("Account", ["user", "gids", "error", "given"], defaults=[None, None])
 
 
 def account(user):
-    """Look up a user's primary and supplementary groups through NSS.
+    """Look up a user's name, primary and supplementary groups through NSS.
 
+    A user-name rule matches the account, not a spelling: with SSSD/AD or
+    LDAP answering case-insensitively (or for 'alice@domain'), 'ALICE' is
+    the account NSS calls 'alice', and so is a rule that names it that way.
     An unknown user gets no groups: only name and '*' rules can match them.
     A failing name service is remembered: `@group` rules then cannot be
-    decided (see Undecidable).
+    decided (see Undecidable), and names compare as given.
     """
     try:
         entry = nss.user(user)
@@ -249,7 +253,12 @@ def account(user):
         return Account(user, frozenset(), str(e))
     if entry is None:
         return Account(user, frozenset())
-    return Account(user, nss.gids(entry))
+    return Account(entry.name, nss.gids(entry), None, user)
+
+
+def _names(who):
+    """The names a user rule may spell the account with."""
+    return (who.user,) if who.given in (None, who.user) else (who.user, who.given)
 
 
 class Undecidable(Exception):
@@ -344,11 +353,11 @@ def decide(rules, who, service=None):
         found = _decide_indexed(rules, who, service)
         if found is not _WALK:
             return found
-    groups = None
+    groups, names = None, _names(who)
     for index, rule in enumerate(rules):
         if not _applies(rule, service):
             continue
-        if rule.who == "*" or rule.who == who.user:
+        if rule.who == "*" or rule.who in names:
             return rule
         if rule.who.startswith("@"):
             try:
@@ -361,7 +370,7 @@ def decide(rules, who, service=None):
                     return rule
             except nss.NssError as e:
                 strict = any(r.strict for r in rules[index:] if _applies(r, service)
-                             and (r.who in ("*", who.user) or r.who.startswith("@")))
+                             and (r.who == "*" or r.who in names or r.who.startswith("@")))
                 raise Undecidable(rule, strict, str(e)) from None
     return None
 
@@ -370,7 +379,7 @@ def _decide_indexed(rules, who, service):
     """decide() through the index: the same first match, or _WALK where only the
     walk gives the same answer (names looked up one by one, a failing NSS)."""
     index = rules.by_who()
-    positions = [*index.get(who.user, ()), *index.get("*", ())]
+    positions = [p for name in _names(who) for p in index.get(name, ())] + [*index.get("*", ())]
     if rules.group_count:
         try:
             groups = GroupNames(who, rules.group_count)

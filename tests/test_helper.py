@@ -40,6 +40,7 @@ import pytest
 
 from conftest import PY, REPO, Helper, sh, spawn, uid_tag
 from helper_attacks import FLOOD, NSS_FAIL_C, USERNS_CLAIM, Agent
+from nsslab import nss_module
 from pam_vrf import cgroup, client, programs, protocol
 from pam_vrf.bpf import cgroup_link
 from pam_vrf.helper import placement, server
@@ -926,28 +927,8 @@ def failing_group_source():
     pvtfail<tag> is an NSS module built here whose every group look-up fails
     with EIO (UNAVAIL), like LDAP or SSSD being down. Removed afterwards."""
     name = f"pvtfail{uid_tag()}"
-    where = tempfile.mkdtemp(prefix="pam-vrf-nss-")
-    arch = sh("gcc", "-print-multiarch", check=False).stdout.strip() or "x86_64-linux-gnu"
-    library = f"/usr/lib/{arch}/libnss_{name}.so.2"
-    try:
-        os.chmod(where, 0o755)
-        source = os.path.join(where, "fail.c")
-        with open(source, "w") as f:
-            f.write(NSS_FAIL_C.replace("@NAME@", name))
-        sh("gcc", "-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-o", library, source)
-        with open("/etc/nsswitch.conf") as f:
-            lines = [line for line in f if not line.startswith("group:")]
-        nsswitch = os.path.join(where, "nsswitch.conf")
-        with open(nsswitch, "w") as f:
-            f.writelines(lines + [f"group: files {name}\n"])
-        os.chmod(nsswitch, 0o644)
+    with nss_module(NSS_FAIL_C.replace("@NAME@", name), name, "group") as nsswitch:
         yield nsswitch, name
-    finally:
-        try:
-            os.unlink(library)
-        except FileNotFoundError:
-            pass
-        shutil.rmtree(where, ignore_errors=True)
 
 
 def test_nss_failure_refuses_strict_and_unplaces_non_strict_rules(vrf_conf, syslog, target, sandbox_cgroup, agents,
