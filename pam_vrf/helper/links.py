@@ -3,6 +3,7 @@
 The only module that imports pyroute2; the login path never does.
 """
 
+import errno
 import select
 
 from pyroute2 import IPRoute
@@ -65,8 +66,12 @@ class Links:
         if plain:
             return frozenset({index})
         if index not in self._members:
+            try:
+                links = self._query.get_links()
+            except Exception as e:      # pyroute2's NetlinkError is no OSError: placement must see one
+                raise OSError(errno.EIO, f"cannot list the links of VRF {name}: {e}") from None
             self._members[index] = frozenset(
-                link["index"] for link in self._query.get_links() if link.get_attr("IFLA_MASTER") == index)
+                link["index"] for link in links if link.get_attr("IFLA_MASTER") == index)
         return frozenset({index}) | self._members[index]
 
     def fileno(self):
