@@ -16,16 +16,21 @@ LOG_AUTHPRIV = 10 << 3
 ERR, WARNING, NOTICE, INFO, DEBUG = 3, 4, 5, 6, 7
 DEV_LOG = "/dev/log"
 # Control characters (a user name from PAM may hold newlines) would forge
-# log lines, and a reader's terminal acts on C1 controls (U+009B is CSI,
-# U+0085 a newline to some): every one is written as \xNN. Line and paragraph
-# separators and the bidirectional marks and overrides (they reorder what a
-# viewer shows) as \uNNNN.
-_ESCAPES = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7f, 0xa0)]}
-_ESCAPES.update({c: f"\\u{c:04x}" for c in [0x200e, 0x200f, *range(0x2028, 0x202f), *range(0x2066, 0x206a)]})
+# log lines; a reader's terminal acts on C1 controls too (U+009B is CSI,
+# U+0085 a newline to some); line and paragraph separators, bidirectional
+# overrides and invisible format characters change what a viewer shows, and
+# a surrogate stands for a byte that was not UTF-8. Every character that
+# str.isprintable() rejects (all of these; of the spaces, all but ' ') is
+# written as \xNN, \uNNNN or \UNNNNNNNN.
+_ESCAPES = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7f, 0xa1)]}
 
 
 def escape(text):
-    return str(text).translate(_ESCAPES)
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _ESCAPES.get(ord(c)) or
+                   (f"\\u{ord(c):04x}" if ord(c) < 0x10000 else f"\\U{ord(c):08x}") for c in text)
 
 
 class Logger:

@@ -766,7 +766,7 @@ def test_a_decider_that_cannot_decide_is_never_taken_for_a_strict_refusal(broken
 @pytest.mark.parametrize("caller, policy, opened", [
     ("su", "strict", False),        # the invoker may have broken the decider: a strict rule is not escaped
     ("su", "plain", True),          # no strict rule in the policy: nothing to escape, never a lockout
-    ("sudo", "strict", False),      # sudo: real uid 0, PAM_RUSER the invoker (failed open before)
+    ("sudo", "strict", False),      # a client with real uid 0 and PAM_RUSER the invoker (opened before)
     ("sudo", "plain", True),
     ("sudo-root", "strict", True),  # root's own sudo: root's sessions are never refused here
     ("daemon", "strict", True),     # sshd, login: root's logins are never refused here
@@ -839,23 +839,26 @@ def test_the_pam_python_entry_refuses_a_relative_socket_too(decider, syslog, scr
 
 
 # What a terminal or a log viewer acts on, beyond C0: C1 controls (CSI, NEL),
-# the line/paragraph separators, bidi marks and overrides.
-UNSAFE = "\x80\x85\x9b\x9f\u2028\u2029\u202e\u2066\u200f"
+# the line/paragraph separators, bidi marks and overrides, invisible format
+# characters (a name that looks like another).
+UNSAFE = "\x80\x85\x9b\x9f\xa0\xad\u2028\u2029\u202e\u2066\u200b\u200f\u2060\ufeff"
 
 
 def test_escape_covers_c1_controls_separators_and_bidi_overrides():
     from pam_vrf.log import escape
     assert escape("a\x9b[2Jb\x85c\u2028d\u2029e\u202ef\x1b\x7f") == \
         "a\\x9b[2Jb\\x85c\\u2028d\\u2029e\\u202ef\\x1b\\x7f"
-    for c in UNSAFE:
+    for c in UNSAFE + "\udc9b\U000e0001":          # a byte that was not UTF-8; a tag character
         assert c not in escape(f"x{c}y"), repr(c)
-    assert escape("caf\u00e9 \u00a0\u4e2d \U0001f600") == "caf\u00e9 \u00a0\u4e2d \U0001f600"
+    assert escape("x\udc9by\U000e0001") == "x\\udc9by\\U000e0001"
+    assert escape("caf\u00e9 \u4e2d \U0001f600") == "caf\u00e9 \u4e2d \U0001f600"
 
 
 @pytest.mark.parametrize("name", [
     "ev\x9b[31mil",                       # U+009B CSI: a terminal's escape sequence without ESC
     "a\x85Fake: line",                    # U+0085 NEL
     "a\u2028b\u2029c\u202eevil",          # separators, right-to-left override
+    "ali\u200bce\ufeff",                  # invisible: looks like "alice"
     b"ov\xe0\x82\x9berlong",              # an overlong U+009B: invalid UTF-8, never decoded into one
     b"half\xc2",                          # a truncated sequence
 ])

@@ -1,12 +1,15 @@
 """Issue 14 item 5: `sudo -u $USER` from a confined session keeps its placement.
 
-sudo calls setuid(0) before pam_open_session: the real uid the helper saw was
-0, so its "session for oneself" test (real uid == the account's) never fired
-under sudo, and the sudo service's rule (here `default`) moved a confined
-user's command out of the VRF. sudo (and su) set PAM_RUSER to the invoking
-user; pam_vrf.so sends it, and the helper takes it as the invoker when the
-real uid is 0. Real sudo (its own PAM service through `Defaults pam_service=`,
-a throwaway sudoers.d file), pam_vrf.so, the real helper, a veth `plain` target.
+The issue read "sudo calls setuid(0) before pam_open_session" from sudo's
+source; measured, sudo 1.9.13p3 (Debian 12) and 1.9.16p2 (Debian 13) and
+util-linux su open the session with the invoker's real uid (effective 0), so
+the helper's "session for oneself" test (real uid == the account's) holds
+for them: the first test keeps that so, with real sudo (its own PAM service
+through `Defaults pam_service=`, a throwaway sudoers.d file), pam_vrf.so, the
+real helper and a veth `plain` target. For a client that does set its real
+uid to 0 first, PAM_RUSER (set by su and sudo to the invoking user) names the
+invoker: pam_vrf.so sends it, and the helper uses it when the real uid is 0
+(the second test: it failed before, the sudo stack's `default` rule applied).
 
 A root daemon (sshd, cron) sets no PAM_RUSER: its sessions get the account's
 rule even from inside a VRF, and so does one whose audit loginuid names the
