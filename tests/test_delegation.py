@@ -247,6 +247,24 @@ def test_placement_seen_from_a_cgroup_namespace(lab):
     assert placed == f"{hierarchy(lab.sandbox)}/{lab.ns}-ns/vrf/{lab.dev}", placed
 
 
+def test_roots_pam_vrf_exec_from_a_users_tree_cannot_be_moved_out(lab):
+    """`sudo pam-vrf exec VRF` from a desktop terminal: root's process, in a
+    tree the invoker can write, is placed outside it too."""
+    terminal, elsewhere, invoker = invokers_tree(lab, "own")
+    agent = Agent(None, lab.ns, terminal)
+    try:
+        reply = agent("exchange", socket=lab.helper.socket, msg={"op": "place", "vrf": lab.dev, "plain": True})
+        assert reply["reply"]["ok"] is True, reply
+        placed = agent("state")["cgroup"]
+        moved = as_user(invoker, MOVE, agent.pid, elsewhere)
+        now = agent("state")["cgroup"]
+    finally:
+        agent.close()
+    assert moved in (errno.EACCES, errno.EPERM) and now == placed, (
+        f"{lab.invoker.pw_name} moved root's `pam-vrf exec` process from {placed} to {now} ({moved})")
+    assert placed == f"{hierarchy(lab.sandbox)}/{lab.ns}-ns/vrf/{lab.dev}", placed
+
+
 # -- item 3: the user's systemd manager ------------------------------------------------
 
 def manager_rules(user, dev):
