@@ -239,17 +239,15 @@ def foreign_writer(directory, trusted):
     return None
 
 
-def _levels(cgroup):
-    """'/a/b' -> ['/', '/a', '/a/b'] (hierarchy paths from the root down)."""
+def _level_dirs(cgroup):
+    """(hierarchy path, directory) of every cgroup from the root of this
+    namespace's cgroup2 mount down to `cgroup`: '/a/b' -> '/', '/a', '/a/b'."""
+    found = find_mount() or (mount_point(), "/")
+    mount, root = found[0].rstrip("/"), found[1].rstrip("/")
     parts = [p for p in cgroup.split("/") if p]
-    return ["/"] + ["/" + "/".join(parts[:n]) for n in range(1, len(parts) + 1)]
-
-
-def _visible_levels(cgroup):
-    """_levels() from the root of this namespace's cgroup2 mount down."""
-    found = find_mount()
-    root = found[1].rstrip("/") if found else ""
-    return [level for level in _levels(cgroup) if (level + "/").startswith(root + "/")]
+    levels = ["/"] + ["/" + "/".join(parts[:n]) for n in range(1, len(parts) + 1)]
+    return [(level, mount + level[len(root):].rstrip("/")) for level in levels
+            if (level.rstrip("/") + "/").startswith(root + "/")]
 
 
 def trusted_base(base, trusted):
@@ -258,8 +256,8 @@ def trusted_base(base, trusted):
     foreign_writer(): `base` itself when no one but `trusted` can write
     anything on the way (a logind session scope; one's own delegated tree)."""
     good = ""
-    for level in _visible_levels(base or "/"):
-        if foreign_writer(fs_path(level), trusted):
+    for level, directory in _level_dirs(base or "/"):
+        if foreign_writer(directory or "/", trusted):
             break
         good = "" if level == "/" else level
     return good
@@ -268,8 +266,8 @@ def trusted_base(base, trusted):
 def check_trusted(cgroup, trusted):
     """Raise CgroupError unless only `trusted` uids can write the cgroup and
     every cgroup above it (a level made in advance by someone else)."""
-    for level in _visible_levels(cgroup):
-        who = foreign_writer(fs_path(level), trusted)
+    for level, directory in _level_dirs(cgroup):
+        who = foreign_writer(directory or "/", trusted)
         if who:
             raise CgroupError(f"refusing cgroup {cgroup}: {who} can write {level} "
                               "(and so move its processes out)")

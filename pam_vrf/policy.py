@@ -31,7 +31,7 @@ DEFAULT_VRF = "default"
 LEAVE_ALONE = "-"
 
 # The PAM session that starts a user's `systemd --user` (user@UID.service): never
-# placed (its cgroup tree is the user's; the manager is bound when a login is).
+# moved (its cgroup tree is the user's); the helper binds that cgroup itself then.
 MANAGER_SERVICE = "systemd-user"
 
 _DEC, _HEX = frozenset("0123456789"), frozenset("0123456789abcdefABCDEF")
