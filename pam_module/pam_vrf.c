@@ -432,11 +432,15 @@ static void reset_limits(void)
 __attribute__((noreturn)) static void exec_decider(const char *const *argv, int out)
 {
     static char *const envp[] = { "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C.UTF-8", NULL };
-    int null = open("/dev/null", O_RDWR), i;
+    int null = open("/dev/null", O_RDWR | O_CLOEXEC), i;
     sigset_t none;
 
+    /* Both above 2 first: a caller may have left 0-2 closed, so either could
+     * sit there, and a dup2 onto its own number would keep close-on-exec. */
+    null = null < 0 ? -1 : fcntl(null, F_DUPFD_CLOEXEC, 3);
+    out = fcntl(out, F_DUPFD_CLOEXEC, 3);
     umask(077);         /* not the caller's: the decider makes nothing for others */
-    if (null < 0 || chdir("/") < 0 || dup2(null, 0) < 0 || dup2(out, 1) < 0 || dup2(null, 2) < 0)
+    if (null < 0 || out < 0 || chdir("/") < 0 || dup2(null, 0) < 0 || dup2(out, 1) < 0 || dup2(null, 2) < 0)
         _exit(126);
     if (close_range(3, ~0U, 0) < 0)
         for (i = 3; i < 65536; i++) close(i);

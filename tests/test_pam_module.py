@@ -372,6 +372,29 @@ def test_decider_exit_status_decides(recording_module, pam_service, syslog, mode
                          "helper not running"], mark)
 
 
+@pytest.mark.parametrize("closed", [(0, 1), (1,), (0, 1, 2)])
+def test_a_caller_with_closed_standard_fds_cannot_unhook_the_verdict(recording_module, pam_service, syslog,
+                                                                     throwaway_user, closed):
+    """su run with stdin/stdout closed: the verdict pipe or /dev/null land on
+    fds 0-2 in the caller, and a dup2 onto the same number keeps close-on-exec
+    (the verdict line would be lost: "could not decide") or clobbers another."""
+    path, where = recording_module
+    set_mode(where, "refuse")
+    service = pam_service(f"socket={where}/nowhere/helper.sock", path=path)
+
+    def close_fds():
+        for fd in closed:
+            os.close(fd)
+
+    argv = syslog.wrap(["pamtester", service, "alice", "open_session"])
+    proc = subprocess.run(argv, env={"PATH": SYSTEM_PATH}, cwd="/", preexec_fn=close_fds, timeout=60,
+                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert proc.returncode == 1, proc           # refused: the verdict line arrived
+    record = json.load(open(os.path.join(where, "record.json")))
+    assert record["fds"]["0"] == record["fds"]["2"] == "/dev/null" and record["fds"]["1"].startswith("pipe:"), \
+        record["fds"]
+
+
 def test_hanging_decider_is_killed_after_ten_seconds(recording_module, pam_service, syslog):
     path, where = recording_module
     set_mode(where, "hang")
