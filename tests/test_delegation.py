@@ -316,3 +316,32 @@ def test_the_manager_session_binds_user_at_uid_service_before_the_manager_runs(
         finally:
             starter.close()
             helper.stop()
+
+
+def test_a_manager_session_from_elsewhere_binds_nothing(installed, netns, sandbox_cgroup, syslog, vrf_conf,
+                                                        throwaway_user, helper_factory):
+    """service systemd-user from a process that is not in user@UID.service
+    itself (below it, or in a session scope): nothing is bound; under a
+    strict rule the session is refused (what it starts would not be bound)."""
+    ns = netns("e")
+    dev = f"ve{uid_tag()}"
+    testlab.add_veth(ns, dev, dev + "p")
+    user, strict = throwaway_user(), throwaway_user()
+    config = vrf_conf(f"{user.pw_name}  {dev}  plain\n{strict.pw_name}  {dev}  plain strict\n")
+    helper = helper_factory(config, netns=ns, syslog=syslog)
+    for account, verdict in ((user, "unplaced"), (strict, "refused")):
+        slice_dir = os.path.join(sandbox_cgroup, account.pw_name, f"user-{account.pw_uid}.slice")
+        manager = os.path.join(slice_dir, f"user@{account.pw_uid}.service")
+        below = os.path.join(manager, "init.scope")
+        scope = os.path.join(slice_dir, "session-1.scope")
+        for where in (below, scope):
+            os.makedirs(where, exist_ok=True)
+            starter = Agent(None, ns, where)
+            try:
+                reply = starter("exchange", socket=protocol.root_socket(helper.socket),
+                                msg={"op": "open", "user": account.pw_name, "service": "systemd-user"})["reply"]
+                assert reply["verdict"] == verdict, (where, reply)
+                assert starter("state")["cgroup"] == hierarchy(where)
+            finally:
+                starter.close()
+        assert all(cgroup_link.query(d) == [] for d in (manager, below, scope, slice_dir))
