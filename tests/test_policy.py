@@ -824,3 +824,26 @@ def test_indexed_decisions_equal_the_walk(nss_accounts, monkeypatch):
                 walked = policy.decide(rules, user, service)
                 monkeypatch.setattr(policy, "INDEX_ABOVE", 256)
                 assert indexed == walked, (round_, user, service, indexed, walked)
+
+
+# -- issue 14 item 7: a name rule matches the account, not the spelling ------------
+
+@pytest.mark.parametrize("padding", [0, policy.INDEX_ABOVE + 1])     # the walk, and the index
+def test_name_rules_match_the_accounts_nss_name_and_the_given_spelling(padding):
+    text = "".join(f"pad{i}  default\n" for i in range(padding))
+    rules = policy.parse(text + "alice  vt1  plain strict\nALICE  vt2  plain\n*  -\n", "vrf.conf")
+    spelled = policy.Account("alice", frozenset(), None, "ALICE")      # NSS: ALICE is alice
+    assert policy.decide(rules, spelled, "sshd").where == f"vrf.conf:{padding + 1}"
+    # The spelling PAM gave still meets a rule written that way (first match wins).
+    rules = policy.parse(text + "ALICE  vt2  plain\nalice  vt1  plain strict\n*  -\n", "vrf.conf")
+    assert policy.decide(rules, spelled, "sshd").where == f"vrf.conf:{padding + 1}"
+    # No NSS answer: the name as given, nothing else.
+    assert policy.decide(rules, policy.Account("ALICE", frozenset()), "sshd").where == f"vrf.conf:{padding + 1}"
+    assert policy.decide(rules, policy.Account("Alice", frozenset()), "sshd").where == f"vrf.conf:{padding + 3}"
+
+
+def test_a_failing_name_service_leaves_a_strict_rule_of_either_spelling_undecidable():
+    rules = policy.parse("@ops  vt1  plain\nALICE  vt2  plain strict\n*  -\n", "vrf.conf")
+    with pytest.raises(policy.Undecidable) as e:
+        policy.decide(rules, policy.Account("ALICE", frozenset(), "cannot look up user 'ALICE': EIO"), "sshd")
+    assert e.value.strict
