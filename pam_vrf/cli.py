@@ -253,7 +253,8 @@ def cmd_doctor(args):
 
 def cmd_trace(args):
     """Live lines for sockets created in pam-vrf cgroups (pam_vrf.trace; bcc)."""
-    from pam_vrf import trace
+    from pam_vrf import paths, trace
+    args.state = args.state or paths.state_file(args.socket)
     return trace.main(args)
 
 
@@ -309,8 +310,11 @@ def parser():
     c.add_argument("--user", help="only sockets of this user (name or uid)")
     c.add_argument("--vrf", help="only sockets of this VRF")
     c.add_argument("--json", action="store_true", help="one JSON object per line")
-    c.add_argument("--state", default="/run/pam-vrf-helper/attachments.json", metavar="FILE",
-                   help="the helper's state file: which rule each cgroup's program is (default %(default)s)")
+    c.add_argument("--state", metavar="FILE",
+                   help="the helper's state file: which rule each cgroup's program is (default: the "
+                        "state file of the helper serving --socket, /run/pam-vrf-helper/attachments.json)")
+    c.add_argument("--socket", default=protocol.DEFAULT_SOCKET, metavar="PATH",
+                   help="the helper's public socket, to find its state file (default %(default)s)")
     c.set_defaults(func=cmd_trace)
     return p
 

@@ -2,7 +2,11 @@
 
 The PAM hook runs inside sshd, login, su...: Python's syslog.openlog()
 would change the ident and facility of the host program's own messages.
-So this writes RFC 3164 datagrams to /dev/log itself, one socket a call.
+So this writes RFC 3164 datagrams to /dev/log itself, over a socket of the
+Logger's own: opened with the Logger (so the helper can still say it is out
+of descriptors when it is), connected again after an error (syslog
+restarted), never blocking (a line syslog has no room for is dropped: a
+stuck syslog must not stall a login or the helper).
 """
 
 import os
@@ -36,25 +40,47 @@ def escape(text):
 class Logger:
     def __init__(self, ident, debug=False, stderr=False, path=DEV_LOG):
         self.ident, self.debug_enabled, self.stderr, self.path = ident, debug, stderr, path
+        self._sock, self._connected = None, False
+        self._connect()
+
+    def _connect(self):
+        """(Re)connect; a fresh socket only when there is none (EMFILE keeps the old)."""
+        try:
+            if self._sock is None:
+                self._sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)
+            self._sock.connect(self.path)
+            self._connected = True
+        except OSError:
+            self._connected = False
+
+    def _send(self, data):
+        for _ in range(2):
+            if not self._connected:
+                self._connect()
+            try:
+                self._sock.send(data, _socket.MSG_DONTWAIT)
+                return
+            except BlockingIOError:
+                return          # syslog is behind: drop the line rather than wait
+            except (OSError, AttributeError):
+                self._connected = False
 
     def log(self, level, message):
         if level == DEBUG and not self.debug_enabled:
             return
         line = f"{self.ident}[{os.getpid()}]: {escape(message)}"
-        try:
-            s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)
-            try:
-                stamp = time.strftime("%b %e %H:%M:%S")
-                s.sendto(f"<{LOG_AUTHPRIV | level}>{stamp} {line}".encode(errors="replace"), self.path)
-            finally:
-                s.close()
-        except OSError:
-            pass
+        stamp = time.strftime("%b %e %H:%M:%S")
+        self._send(f"<{LOG_AUTHPRIV | level}>{stamp} {line}".encode(errors="replace"))
         if self.stderr:
             try:
                 print(line, file=sys.stderr, flush=True)
             except (OSError, ValueError):
                 pass
+
+    def close(self):
+        if self._sock is not None:
+            self._sock.close()
+            self._sock, self._connected = None, False
 
     def err(self, message):
         self.log(ERR, message)

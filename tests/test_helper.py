@@ -39,7 +39,7 @@ import time
 import pytest
 
 from conftest import PY, REPO, Helper, sh, spawn, uid_tag
-from helper_attacks import FLOOD, NSS_FAIL_C, USERNS_CLAIM, Agent
+from helper_attacks import FLOOD, NSS_FAIL_C, STUCK_SOCKET, USERNS_CLAIM, Agent
 from nsslab import nss_module
 from pam_vrf import cgroup, client, programs, protocol
 from pam_vrf.bpf import cgroup_link
@@ -1327,27 +1327,8 @@ def test_restarted_helper_still_reattaches(helper_factory, vrf_conf, syslog, tar
 LINGERING_FD = r'''
 import os, socket, sys, time
 path, copies = sys.argv[1], int(sys.argv[2])
-listener = socket.socket()
-listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-listener.bind(("127.0.0.1", 0))
-listener.listen(4)
-
-
-def stuck_socket():
-    """Connected, its send queue full of data the peer never reads, SO_LINGER 600 s:
-    whoever drops the last reference blocks in close() until the linger ends."""
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    s.connect(listener.getsockname())
-    s.setblocking(False)
-    try:
-        while True:
-            s.send(b"x" * 4096)
-    except BlockingIOError:
-        pass
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, (1).to_bytes(4, "little") + (600).to_bytes(4, "little"))
-    return s
-
+LINGER = 600
+''' + STUCK_SOCKET + r'''
 
 for extra in ([], [0, 1, 2]):
     stuck = stuck_socket()

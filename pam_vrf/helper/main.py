@@ -11,12 +11,13 @@ the shipped systemd unit or:
 
 import argparse
 import os
+import resource
 import signal
 import socket
 import stat
 import sys
 
-from pam_vrf import __version__, policy, programs, protocol
+from pam_vrf import __version__, paths, policy, programs, protocol
 from pam_vrf.bpf.sockprog import Settings
 from pam_vrf.bpf.syscall import BpfError
 from pam_vrf.log import Logger
@@ -59,6 +60,19 @@ def listening_sockets(path):
     return {public: False, root: True}
 
 
+def raise_fd_limit():
+    """Soft RLIMIT_NOFILE up to the hard one (systemd's default soft limit is
+    1024; the unit sets more): the server sizes its per-user budgets from it.
+    Returns (soft, hard)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
 def check_capabilities():
     """Fail early, with the reason, if we cannot load programs."""
     fd = programs.load(Settings(ifindex=1))
@@ -69,12 +83,13 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="pam-vrf-helper", description=__doc__.split("\n")[0])
     p.add_argument("--socket", default=protocol.DEFAULT_SOCKET)
     p.add_argument("--config", default=policy.DEFAULT_CONFIG)
-    p.add_argument("--state", help="file remembering attachments across restarts "
-                   "(default: attachments.json next to the socket)")
+    p.add_argument("--state", help="file remembering attachments across restarts (default: "
+                   f"{paths.DEFAULT_STATE} with the default socket, else {paths.STATE_NAME} next to the socket)")
     p.add_argument("--debug", action="store_true")
     args = p.parse_args(argv)
     # Under systemd stderr is the journal as well: /dev/log alone avoids every line twice.
     log = Logger("pam-vrf-helper", args.debug, stderr="JOURNAL_STREAM" not in os.environ)
+    nofile = raise_fd_limit()
 
     try:
         check_capabilities()
@@ -90,7 +105,7 @@ def main(argv=None):
     from pam_vrf.helper.requests import Handler
     from pam_vrf.helper.server import Server
 
-    state = args.state or os.path.join(os.path.dirname(args.socket), "attachments.json")
+    state = args.state or paths.state_file(args.socket)
     try:
         listeners = listening_sockets(args.socket)
     except OSError as e:
@@ -107,19 +122,20 @@ def main(argv=None):
     placement = Placement(attachments, links, policy_cache, log)
     server = Server(listeners, Handler(attachments, placement, log), links, log)
 
-    def stop(signum, frame):
-        server.stopping = True
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, stop)
+    # A stop only sets a flag (the C handler's write to the wakeup pipe ends
+    # the select): the request in hand is finished and every attachment's
+    # bookkeeping is whole when the state file is written below.
+    signal.set_wakeup_fd(server.wakeup_w, warn_on_full_buffer=False)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda signum, frame: server.stop())
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 
     log.info(f"pam-vrf-helper {__version__} serving {args.socket} and "
              f"{protocol.root_socket(args.socket)} (uid {os.getuid()}, "
-             f"{len(attachments.entries)} remembered attachments)")
+             f"{len(attachments.entries)} remembered attachments; {nofile[0]} descriptors, "
+             f"{server.per_uid_fds} per non-root user)")
     try:
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
     finally:
         attachments.flush()
         links.close()

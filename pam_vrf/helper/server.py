@@ -10,21 +10,33 @@ users' traffic delays a login by one short request at most.
 Each request carries the sender's pidfd (SCM_RIGHTS) and the kernel adds
 the sender's pid (SCM_CREDENTIALS): see pam_vrf.process.
 
-Releasing a descriptor a client passed can block (a TCP socket with
-SO_LINGER and unacknowledged data, a file on the user's FUSE mount), and so
-can closing a connection that still holds such messages. The main loop
-therefore never releases anything a non-root client sent: it receives every
-passed descriptor (room for the kernel's maximum, so none is dropped inside
-recvmsg) and hands descriptors and connections to closer threads; a uid with
-too much waiting there is turned away until it drains.
+Descriptors a non-root client passes are its weapon against the loop:
+releasing one can block for ever (a TCP socket with SO_LINGER and unsent
+data, a file on the user's FUSE mount: its flush waits for the user's
+daemon), so can closing a connection whose queue still holds such
+messages, and so can recvmsg when the table is full (the kernel then drops
+what does not fit, in our thread). So:
+
+  - the main loop never releases anything a non-root client sent unless it
+    is provably inert (a connection shut down with an empty queue): the
+    rest goes to a closer thread of that uid (Closer), which aborts sockets
+    (SO_LINGER {1, 0}) and interrupts a lingering close that still blocks;
+  - every descriptor a non-root uid makes us hold (connections, received
+    descriptors, both until released) counts against a budget per uid and
+    one for all non-root users together; a message is read only when a full
+    SCM_MAX_FD more fit in both, a connection accepted only when one more
+    fits, so the table never fills: root.sock always has room (the rest of
+    the soft limit, which main raises to the hard limit).
 """
 
 import array
+import collections
 import errno
 import os
-import queue
+import resource
 import select
 import selectors
+import signal
 import socket
 import struct
 import threading
@@ -39,12 +51,27 @@ RATE_PER_UID = 20.0         # requests a second a non-root uid may make...
 BURST_PER_UID = 40          # ...after a burst of this many
 CLIENT_DEADLINE = protocol.TIMEOUT
 PRUNE_EVERY = 10.0          # seconds between looks for cgroups that logind removed
-CLOSER_THREADS = 4
-MAX_PENDING_PER_UID = 4     # connections of one uid still being released
 
 _UCRED = struct.Struct("3i")
 SCM_MAX_FD = 253            # the most descriptors one message can carry (linux/scm.h)
 _ANCILLARY = socket.CMSG_SPACE(4 * SCM_MAX_FD) + socket.CMSG_SPACE(_UCRED.size)
+_CREDS_SPACE = socket.CMSG_SPACE(_UCRED.size)
+_NO_LINGER = struct.pack("ii", 1, 0)
+
+# Descriptors: the helper's own (listeners, netlink, logger, one program per
+# rule, root's connections and their pidfds) live in FD_RESERVE and whatever
+# the non-root budget leaves of the soft limit.
+FD_RESERVE = 256
+MAX_FDS_PER_UID = 1024      # held for one non-root uid (>= SCM_MAX_FD + MAX_PER_UID)
+NUDGE = signal.SIGUSR2      # interrupts a closer thread's lingering close (handler: nothing)
+NUDGE_AFTER = 0.5           # seconds a release may take before it is interrupted
+
+
+def fd_budgets(soft_limit):
+    """(per non-root uid, all non-root users together) for RLIMIT_NOFILE `soft_limit`."""
+    per_uid_min = SCM_MAX_FD + MAX_PER_UID
+    public = max((soft_limit - FD_RESERVE) // 2, 2 * per_uid_min)
+    return max(min(MAX_FDS_PER_UID, public // 4), per_uid_min), public
 
 
 def peer_uid(conn):
@@ -71,6 +98,46 @@ def _close(conn):
     conn.close()
 
 
+def _close_if_inert(conn):
+    """Close `conn` here if that cannot block: shut down (the peer can send
+    nothing more), then take any queued message that carries no descriptor
+    (peeking installs none: the kernel only notes MSG_CTRUNC); the queue then
+    holds nothing to release. False: descriptors are queued; a closer thread
+    must release it. (Every message carries SCM_CREDENTIALS, so an empty
+    message is told from the end of the queue.)"""
+    try:
+        conn.shutdown(socket.SHUT_RD)
+        for _ in range(32):
+            data, anc, flags, _ = conn.recvmsg(1, _CREDS_SPACE, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            if flags & socket.MSG_CTRUNC:
+                return False
+            if not data and not anc:
+                break                   # the end: nothing queued
+            conn.recv(1, socket.MSG_DONTWAIT)
+        else:
+            return False
+    except BlockingIOError:
+        pass
+    except OSError:
+        return False
+    conn.close()
+    return True
+
+
+def _unlinger(fd):
+    """A socket's last close sends a reset instead of waiting to deliver."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        return                          # not a socket
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _NO_LINGER)
+    except OSError:
+        pass
+    finally:
+        sock.detach()
+
+
 def _ancillary(ancdata):
     """(pidfds received, sender pid or None) from recvmsg's ancillary data."""
     fds, pid = [], None
@@ -85,31 +152,54 @@ def _ancillary(ancdata):
 
 
 class Closer:
-    """Threads that release what non-root clients passed or left behind, so a
-    release that blocks never stalls the main loop; counts what each uid has
-    waiting."""
+    """Releases what non-root clients passed or left behind, one thread per
+    uid with work (so a release that blocks stalls only that uid's own), and
+    counts per uid the descriptors waiting or being released.
 
-    def __init__(self, threads=CLOSER_THREADS):
-        self._queue = queue.SimpleQueue()
+    Sockets are aborted before their close (SO_LINGER {1, 0}); the owner may
+    set a linger again in between (it holds the same socket), so a release
+    still running after NUDGE_AFTER is interrupted with NUDGE, which ends a
+    lingering close. A FUSE flush waits for the user's daemon whatever we do:
+    that holds only the user's thread and budget."""
+
+    def __init__(self):
         self._lock = threading.Lock()
-        self._pending = {}
-        for _ in range(threads):
-            threading.Thread(target=self._run, daemon=True, name="pam-vrf-closer").start()
+        self._work = {}             # uid -> deque of (conn, fds)
+        self._held = {}             # uid -> descriptors queued or being released
+        self._busy = {}             # uid -> (thread id, since) while releasing
+        self.total = 0
+        signal.signal(NUDGE, lambda signum, frame: None)
+        threading.Thread(target=self._watch, daemon=True, name="pam-vrf-nudger").start()
 
-    def pending(self, uid):
+    def held(self, uid):
         with self._lock:
-            return self._pending.get(uid, 0)
+            return self._held.get(uid, 0)
 
     def put(self, uid, conn=None, fds=()):
+        fds = list(fds)
+        count = len(fds) + (conn is not None)
         with self._lock:
-            self._pending[uid] = self._pending.get(uid, 0) + 1
-        self._queue.put((uid, conn, list(fds)))
+            self._held[uid] = self._held.get(uid, 0) + count
+            self.total += count
+            work = self._work.get(uid)
+            if work is None:
+                work = self._work[uid] = collections.deque()
+                threading.Thread(target=self._run, args=(uid,), daemon=True, name="pam-vrf-closer").start()
+            work.append((conn, fds))
 
-    def _run(self):
+    def _run(self, uid):
         while True:
-            uid, conn, fds = self._queue.get()
+            with self._lock:
+                work = self._work[uid]
+                if not work:
+                    del self._work[uid]
+                    return
+                conn, fds = work.popleft()
+                self._busy[uid] = (threading.get_ident(), time.monotonic())
+            count = len(fds) + (conn is not None)
             try:
                 for fd in fds:
+                    _unlinger(fd)
                     try:
                         os.close(fd)
                     except OSError:
@@ -118,11 +208,25 @@ class Closer:
                     _close(conn)
             finally:
                 with self._lock:
-                    left = self._pending[uid] - 1
+                    del self._busy[uid]
+                    self.total -= count
+                    left = self._held[uid] - count
                     if left:
-                        self._pending[uid] = left
+                        self._held[uid] = left
                     else:
-                        del self._pending[uid]
+                        del self._held[uid]
+
+    def _watch(self):
+        while True:
+            time.sleep(NUDGE_AFTER / 2)
+            now = time.monotonic()
+            # Under the lock: a thread cannot leave _busy (and exit) meanwhile,
+            # so its id is never a stale one.
+            with self._lock:
+                for uid, (ident, since) in list(self._busy.items()):
+                    if now - since >= NUDGE_AFTER:
+                        self._busy[uid] = (ident, now)      # again later if still stuck
+                        signal.pthread_kill(ident, NUDGE)
 
 
 class Client:
@@ -143,6 +247,15 @@ class Server:
         self._busy = (0.0, 0)      # (time of the last busy warning, refusals not yet logged)
         self._buckets = {}         # uid -> (tokens, time)
         self.closer = Closer()
+        self.per_uid_fds, self.public_fds = fd_budgets(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        self._public_open = 0      # connections of non-root clients we hold
+        self._paused = []          # public listeners not accepting until descriptors are released
+        # SIGTERM only sets `stopping`: the handler's write here wakes the loop.
+        self.wakeup_r, self.wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def stop(self):
+        """From a signal handler: end after the piece of work in hand."""
+        self.stopping = True
 
     def serve_forever(self):
         for sock, root in self.listeners.items():
@@ -153,6 +266,7 @@ class Server:
                 self.root_sel.register(sock, selectors.EVENT_READ, ("accept", root))
         if self.links is not None:
             self.sel.register(self.links.fileno(), selectors.EVENT_READ, ("links", False))
+        self.sel.register(self.wakeup_r, selectors.EVENT_READ, ("wakeup", False))
         attachments = self.handler.attachments
         flush_at = None
         prune_at = time.monotonic() + PRUNE_EVERY
@@ -163,15 +277,20 @@ class Server:
             if attachments.dirty:
                 flush_at = flush_at or time.monotonic() + attachments.FLUSH_DELAY
                 deadlines.append(flush_at)
+            if self._paused:
+                deadlines.append(time.monotonic() + 0.1)        # look again for released descriptors
             timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
             ready = self.sel.select(timeout)
             self._root_first()
             for key, _ in ready:
+                if self.stopping:
+                    break
                 if key.data[1]:
                     continue        # root.sock's: served by _root_first()
                 self._event(key)
                 self._root_first()
             self._expire()
+            self._resume()
             if time.monotonic() >= prune_at:
                 attachments.flush()         # ended sessions: forget them, unload unused programs
                 prune_at = time.monotonic() + PRUNE_EVERY
@@ -183,7 +302,7 @@ class Server:
 
     def _root_first(self):
         """Serve everything that is ready on root.sock, until nothing is."""
-        while True:
+        while not self.stopping:
             ready = self.root_sel.select(0)
             if not ready:
                 return
@@ -199,6 +318,8 @@ class Server:
                 self._accept(key.fileobj, root)
             elif kind == "links":
                 self._link_events()
+            elif kind == "wakeup":
+                self._drain_wakeup()
             else:
                 self._serve(key.fileobj)
         except Exception as e:          # never let one event take the helper down
@@ -206,38 +327,87 @@ class Server:
             if kind == "client":
                 self._drop(key.fileobj)
 
+    def _drain_wakeup(self):
+        try:
+            while os.read(self.wakeup_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    # -- descriptors non-root users make us hold ------------------------------
+
+    def _public_held(self):
+        return self.closer.total + self._public_open
+
+    def _uid_held(self, uid):
+        return self.closer.held(uid) + sum(1 for c in self.clients.values() if c.uid == uid)
+
+    def _room(self, uid, more):
+        """None if `uid` may make us hold `more` descriptors, else why not."""
+        if self._uid_held(uid) + more > self.per_uid_fds:
+            return f"uid {uid} holds {self._uid_held(uid)} of its {self.per_uid_fds} descriptors"
+        if self._public_held() + more > self.public_fds:
+            return f"non-root clients hold {self._public_held()} of their {self.public_fds} descriptors"
+        return None
+
+    def _pause_if_full(self, listener):
+        """Stop accepting on the public socket while one more connection
+        would not fit (the backlog waits): root.sock keeps its room."""
+        if self._public_held() + 1 > self.public_fds and listener not in self._paused:
+            self.sel.unregister(listener)
+            self._paused.append(listener)
+            self._busy_warning(None, f"non-root clients hold {self._public_held()} of their "
+                                     f"{self.public_fds} descriptors: not accepting on the public socket")
+
+    def _resume(self):
+        while self._paused and self._public_held() + 1 <= self.public_fds:
+            self.sel.register(self._paused.pop(), selectors.EVENT_READ, ("accept", False))
+
+    # -------------------------------------------------------------------------
+
     def _accept(self, listener, root):
+        if not root:
+            self._pause_if_full(listener)
+            if listener in self._paused:
+                return
         try:
             conn, _ = listener.accept()
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:
             if e.errno in (errno.EMFILE, errno.ENFILE):
-                self.log.err("out of file descriptors; dropping a connection")
-                time.sleep(0.01)
+                self.log.err(f"out of file descriptors; dropping a connection on "
+                             f"{'root.sock' if root else 'the public socket'}")
             return
         uid = peer_uid(conn)
         if root and uid != 0:       # mode 0600 should make this impossible
             self.log.warning(f"refused a connection of uid {uid} on root.sock: root.sock is for root only")
-            self._send(conn, protocol.reply(False, error="root.sock is for root only"))
-            self.closer.put(uid, conn)
+            self._refuse(conn, uid, "root.sock is for root only")
             return
         if uid != 0:                # root (the PAM entries) is never turned away
             why = self._over_limit(uid)
             if why:
                 self._busy_warning(uid, why)
-                self._send(conn, protocol.reply(False, error="helper busy"))
-                self.closer.put(uid, conn)
+                self._refuse(conn, uid, "helper busy")
                 return
+            self._public_open += 1
         conn.setblocking(False)
         self.clients[conn] = Client(uid, root, time.monotonic() + CLIENT_DEADLINE)
         self.sel.register(conn, selectors.EVENT_READ, ("client", root))
         if root:
             self.root_sel.register(conn, selectors.EVENT_READ, ("client", root))
 
+    def _refuse(self, conn, uid, error):
+        """Answer and let go of a connection never registered."""
+        conn.setblocking(False)
+        self._send(conn, protocol.reply(False, error=error))
+        if not _close_if_inert(conn):
+            self.closer.put(uid, conn)
+
     def _over_limit(self, uid):
-        if self.closer.pending(uid) >= MAX_PENDING_PER_UID:
-            return f"uid {uid} has {MAX_PENDING_PER_UID} connections still being released"
+        why = self._room(uid, 1)
+        if why:
+            return why
         if len(self.clients) >= MAX_CLIENTS:
             return f"more than {MAX_CLIENTS} clients at once"
         if sum(1 for c in self.clients.values() if c.uid == uid) >= MAX_PER_UID:
@@ -261,10 +431,20 @@ class Server:
             self._busy = (last, count + 1)
             return
         more = f" (and {count} more refusals in the last second)" if count else ""
-        self.log.warning(f"{why}: refusing a connection of uid {uid}{more}")
+        self.log.warning(f"{why}: refusing a connection of uid {uid}{more}" if uid is not None else why + more)
         self._busy = (now, 0)
 
     def _serve(self, conn):
+        client = self.clients[conn]
+        if client.uid != 0:
+            # Read only what fits: the kernel drops (and releases, in this
+            # thread) the descriptors of a message that finds the table full.
+            why = self._room(client.uid, SCM_MAX_FD)
+            if why:
+                self._busy_warning(client.uid, why)
+                self._send(conn, protocol.reply(False, error="helper busy"))
+                self._drop(conn)
+                return
         try:
             data, ancdata, flags, _ = conn.recvmsg(protocol.MAX_MESSAGE + 1, _ANCILLARY,
                                                    socket.MSG_CMSG_CLOEXEC)
@@ -274,7 +454,6 @@ class Server:
             self._drop(conn)
             return
         fds, sender = _ancillary(ancdata)
-        client = self.clients[conn]
         try:
             if not data and not fds and _hung_up(conn):
                 self._drop(conn)
@@ -325,9 +504,11 @@ class Server:
             self.sel.unregister(conn)
             if client.root:
                 self.root_sel.unregister(conn)
+            if client.uid != 0:
+                self._public_open -= 1
         if client is None or client.uid == 0:
             _close(conn)
-        else:
+        elif not _close_if_inert(conn):
             self.closer.put(client.uid, conn)
 
     def _expire(self):
