@@ -899,3 +899,23 @@ def test_no_c1_control_or_separator_reaches_the_log(decider, pam_service, syslog
     for line in module + decider_lines:
         assert not any(c in line for c in UNSAFE + "\ufffd"), repr(line)
         assert not any(ord(c) < 0x20 or ord(c) == 0x7f for c in line), repr(line)
+
+
+@pytest.mark.parametrize("entry", ["pam_vrf.so", "pam_python"])
+def test_both_entries_send_pam_ruser_to_the_helper(decider, module, syslog, scratch, raw_server, entry):
+    """The invoker as su and sudo name it (PAM_RUSER): the helper's test for a
+    session for oneself when the real uid is 0."""
+    server = raw_server(b'{"v":2,"ok":true,"verdict":"alone"}')
+    name = f"pvt-ru{uid_tag()}"
+    line = (f"{module}" if entry == "pam_vrf.so" else "pam_python.so /usr/lib/pam-vrf/pam_vrf.py")
+    with open(f"/etc/pam.d/{name}", "w") as f:
+        f.write("auth required pam_permit.so\naccount required pam_permit.so\nsession required pam_permit.so\n"
+                f"session [success=ok session_err=bad default=ignore] {line} socket={scratch}/helper.sock\n")
+    try:
+        assert pamtester(syslog, name, "alice", items=("ruser=bob",)).opened
+        assert pamtester(syslog, name, "alice").opened
+    finally:
+        os.unlink(f"/etc/pam.d/{name}")
+    requests = [json.loads(r) for r in server.requests]
+    assert [r.get("ruser") for r in requests] == ["bob", None], requests
+    assert all(r["user"] == "alice" and r["service"] == name for r in requests), requests
