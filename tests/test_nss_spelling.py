@@ -10,7 +10,10 @@ private nsswitch.conf bound over /etc/nsswitch.conf in a mount namespace of
 the programs under test only (the host's file is never touched).
 """
 
+import os
+import shutil
 import subprocess
+import tempfile
 
 import pytest
 
@@ -110,3 +113,31 @@ def test_a_strict_rule_is_not_escaped_by_another_spelling_through_pam(case_insen
     argv = syslog.wrap(in_namespace(nsswitch, ["pamtester", "-v", service, f"x{account.pw_name}", "open_session"]))
     proc = subprocess.run(argv, env={"PATH": SYSTEM_PATH}, cwd="/", capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc
+
+
+def test_the_helper_applies_the_accounts_rule_to_every_spelling(case_insensitive_nss, installed, module,
+                                                                  pam_service, syslog, vrf_conf, throwaway_user):
+    """The real helper, in a mount namespace with the case-insensitive NSS,
+    behind pamtester on a pam_vrf.so stack: ALICE meets alice's strict rule
+    (its VRF does not exist here: refused) instead of `* -` (alone)."""
+    from test_helper import NsswitchHelper
+    account, nsswitch = case_insensitive_nss
+    helper_user = throwaway_user()
+    config = vrf_conf(f"{account.pw_name}  vtnone{uid_tag()}  plain strict\n*  -\n")
+    workdir = tempfile.mkdtemp(prefix="pam-vrf-helper-")
+    os.chown(workdir, helper_user.pw_uid, helper_user.pw_gid)
+    os.chmod(workdir, 0o755)
+    helper = NsswitchHelper(helper_user, workdir, config, None, syslog, nsswitch=nsswitch)
+    try:
+        helper.start()
+        service = pam_service(f"config={config} socket={helper.socket} debug")
+        for user in spellings(account.pw_name):
+            mark = syslog.mark()
+            proc = subprocess.run(syslog.wrap(["pamtester", "-v", service, user, "open_session"]),
+                                  env={"PATH": SYSTEM_PATH}, cwd="/", capture_output=True, text=True, timeout=60)
+            assert proc.returncode == 1, (user, proc, helper.output())
+            syslog.wait_for(["pam-vrf-helper[", f"refusing session of user {user} ", f"strict rule {config}:1"],
+                            mark)
+    finally:
+        helper.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
