@@ -10,12 +10,12 @@ private nsswitch.conf bound over /etc/nsswitch.conf in a mount namespace of
 the programs under test only (the host's file is never touched).
 """
 
-import os
 import shutil
 import subprocess
-import tempfile
 
 import pytest
+
+import testlab
 
 from conftest import PY, uid_tag
 from nsslab import in_namespace, nss_module
@@ -124,9 +124,7 @@ def test_the_helper_applies_the_accounts_rule_to_every_spelling(case_insensitive
     account, nsswitch = case_insensitive_nss
     helper_user = throwaway_user()
     config = vrf_conf(f"{account.pw_name}  vtnone{uid_tag()}  plain strict\n*  -\n")
-    workdir = tempfile.mkdtemp(prefix="pam-vrf-helper-")
-    os.chown(workdir, helper_user.pw_uid, helper_user.pw_gid)
-    os.chmod(workdir, 0o755)
+    workdir = testlab.helper_dir(None, helper_user)
     helper = NsswitchHelper(helper_user, workdir, config, None, syslog, nsswitch=nsswitch)
     try:
         helper.start()
