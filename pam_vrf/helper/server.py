@@ -124,6 +124,32 @@ def _close_if_inert(conn):
     return True
 
 
+def _drain(conn, room):
+    """Close a non-root connection whose queue may hold passed descriptors.
+    With `room` (a semaphore for descriptor-table space) its messages are
+    received, their descriptors aborted and closed one by one: dropped by
+    the kernel instead (recv without room for them), a lingering socket's
+    last reference would be released inside recv, waiting out the linger."""
+    if not room.acquire(timeout=0.1):
+        _close(conn)                    # the kernel drops them; a nudge ends a lingering one
+        return
+    try:
+        conn.shutdown(socket.SHUT_RD)
+        for _ in range(64):
+            data, anc, _, _ = conn.recvmsg(1, _ANCILLARY, socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC)
+            fds, _ = _ancillary(anc)
+            for fd in fds:
+                _unlinger(fd)
+                os.close(fd)
+            if not data and not anc:
+                break
+    except OSError:
+        pass
+    finally:
+        room.release()
+    conn.close()
+
+
 def _unlinger(fd):
     """A socket's last close sends a reset instead of waiting to deliver."""
     try:
@@ -156,13 +182,17 @@ class Closer:
     uid with work (so a release that blocks stalls only that uid's own), and
     counts per uid the descriptors waiting or being released.
 
-    Sockets are aborted before their close (SO_LINGER {1, 0}); the owner may
+    Sockets are aborted before their close (SO_LINGER {1, 0}), those still
+    queued on a connection too (received first, see _drain); the owner may
     set a linger again in between (it holds the same socket), so a release
     still running after NUDGE_AFTER is interrupted with NUDGE, which ends a
     lingering close. A FUSE flush waits for the user's daemon whatever we do:
     that holds only the user's thread and budget."""
 
-    def __init__(self):
+    def __init__(self, drains=1):
+        """`drains`: how many connections may be drained at once (each may
+        install SCM_MAX_FD descriptors for a moment)."""
+        self._room = threading.BoundedSemaphore(drains)
         self._lock = threading.Lock()
         self._work = {}             # uid -> deque of (conn, fds)
         self._held = {}             # uid -> descriptors queued or being released
@@ -205,7 +235,7 @@ class Closer:
                     except OSError:
                         pass
                 if conn is not None:
-                    _close(conn)
+                    _drain(conn, self._room)
             finally:
                 with self._lock:
                     del self._busy[uid]
@@ -246,8 +276,11 @@ class Server:
         self.stopping = False
         self._busy = (0.0, 0)      # (time of the last busy warning, refusals not yet logged)
         self._buckets = {}         # uid -> (tokens, time)
-        self.closer = Closer()
-        self.per_uid_fds, self.public_fds = fd_budgets(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self.per_uid_fds, self.public_fds = fd_budgets(soft)
+        # What the budgets leave, less FD_RESERVE for the helper and root,
+        # is room for closers draining a connection's queued descriptors.
+        self.closer = Closer(drains=max(1, (soft - self.public_fds - FD_RESERVE) // SCM_MAX_FD))
         self._public_open = 0      # connections of non-root clients we hold
         self._paused = []          # public listeners not accepting until descriptors are released
         # SIGTERM only sets `stopping`: the handler's write here wakes the loop.
