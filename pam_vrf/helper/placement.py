@@ -126,9 +126,10 @@ class Placement:
     def _manager_session(self, proc, user, who):
         """The PAM session that starts `systemd --user` (its caller becomes the
         manager, already in user@UID.service). logind answers a login only once
-        the manager has reached default.target: what it starts with it (socket
-        units, a oneshot that keeps sockets) would make its sockets before the
-        login is placed, unbound for ever. So user@UID.service itself is bound
+        user@UID.service has started (systemd 252's manager reports ready at
+        basic.target; default.target's units start alongside the login): what
+        it starts with it (socket units, a oneshot that keeps sockets) would
+        make its sockets before the login is placed, unbound for ever. So user@UID.service itself is bound
         here, before the manager runs. The process is not moved: that cgroup is
         the tree systemd delegates to the user."""
         try:
