@@ -98,6 +98,34 @@ DRIVER = textwrap.dedent("""\
         os.waitpid(pid, 0)
 """)
 
+class RootDriver:
+    """DRIVER started for `helper` (a bench_common.Helper): `clients` root
+    processes with base cgroups below `base`, opening for `user`; burst(k)
+    runs k bursts and returns [[ms, verdict], ...]. Also bench_freeze's."""
+
+    def __init__(self, lab, helper, user, base, clients, driver_cgroup):
+        self.proc = subprocess.Popen([PY, "-c", DRIVER, helper.root_socket, user, "sshd", base, str(clients)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/",
+                                     preexec_fn=enter(driver_cgroup))
+
+    def burst(self, k):
+        self.proc.stdin.write(f"burst {k}\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("root driver died")
+        return json.loads(line)
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
 # Unprivileged flooder: argv SOCKET KIND VRF. Stops on SIGTERM and prints its
 # counts (testlab's, shared with tests/test_login.py).
 FLOODER = testlab.FLOODER
@@ -168,31 +196,16 @@ def bench(lab, phases=3, bursts=5):
     flood_cgroup = lab.cgroup("flood", "user")
     cpu_dir = _cpu_group(run)
     conditions = CONDITIONS if cpu_dir else CONDITIONS[:2]
-    driver = subprocess.Popen([PY, "-c", DRIVER, helper.root_socket, login.pw_name, "sshd", base, str(CLIENTS)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/",
-                              preexec_fn=enter(lab.cgroup("flood", "driver")))
+    driver = RootDriver(lab, helper, login.pw_name, base, CLIENTS, lab.cgroup("flood", "driver"))
+    burst = driver.burst
     active = []
 
     def close():
         for f in active:
             f.stop()
         active.clear()
-        if driver.poll() is None:
-            driver.stdin.close()
-            try:
-                driver.wait(10)
-            except subprocess.TimeoutExpired:
-                driver.kill()
-                driver.wait()
+        driver.close()
     run.defer(close)
-
-    def burst(k):
-        driver.stdin.write(f"burst {k}\n")
-        driver.stdin.flush()
-        line = driver.stdout.readline()
-        if not line:
-            raise RuntimeError("flood driver died")
-        return json.loads(line)
 
     burst(2)                                        # warm-up: cgroups made, programs attached
     samples = {c: [] for c in conditions}

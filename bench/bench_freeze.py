@@ -4,7 +4,7 @@ descriptors whose release blocks (issue 14, item 2).
 
 One helper (non-root, ambient caps, lab netns) started as systemd starts a
 unit without LimitNOFILE (soft 1024, hard 20000 here; the helper raises its
-soft limit itself). Root side: bench_flood's driver, CLIENTS root processes
+soft limit itself). Root side: bench_flood's RootDriver, CLIENTS root processes
 that each move back to a base cgroup of their own and send `open` on
 root.sock at the same instant, a burst every ~0.1 s; each records its round
 trip and verdict.
@@ -17,20 +17,20 @@ Two conditions in interleaved rounds of shuffled order:
              such connection every 20 ms for the whole phase
 Reported per condition: p50/p99/max of root's round trips, how many were
 placed, and during the attack the most descriptors and threads the helper
-held (sampled after each burst).
+held (sampled after each burst) and its CPU use (all threads, exited ones
+too: utime+stime of /proc/PID/stat over the phase).
 
     bench/bench_freeze.py [--rounds N] [--bursts N] [--nofile SOFT:HARD] [--no-install]
 """
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import time
 
-from bench_common import PY, Helper, add_user, enter, median, percentile, say, shuffled_rounds
-from bench_flood import DRIVER
+from bench_common import PY, Helper, add_user, median, percentile, say, shuffled_rounds
+from bench_flood import RootDriver
 import testlab  # noqa: E402,I100  (bench_common puts the repository on sys.path)
 from testlab.fdflood import DESCRIPTOR_FLOOD  # noqa: E402
 
@@ -55,37 +55,23 @@ def bench(lab, rounds=3, bursts=25, nofile="1024:20000"):
     base = lab.cgroup("freeze", "root")
     for i in range(CLIENTS):
         lab.cgroup("freeze", "root", f"c{i}")
-    driver = subprocess.Popen([PY, "-c", DRIVER, helper.root_socket, login.pw_name, "sshd", base, str(CLIENTS)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/",
-                              preexec_fn=enter(lab.cgroup("freeze", "driver")))
+    driver = RootDriver(lab, helper, login.pw_name, base, CLIENTS, lab.cgroup("freeze", "driver"))
+    burst = driver.burst
     evil = []
 
     def close():
         for p in evil:
             testlab.stop_process(p, timeout=1)
         evil.clear()
-        if driver.poll() is None:
-            driver.stdin.close()
-            try:
-                driver.wait(10)
-            except subprocess.TimeoutExpired:
-                driver.kill()
-                driver.wait()
+        driver.close()
     run.defer(close)
-
-    def burst(k):
-        driver.stdin.write(f"burst {k}\n")
-        driver.stdin.flush()
-        line = driver.stdout.readline()
-        if not line:
-            raise RuntimeError("freeze driver died")
-        return json.loads(line)
 
     burst(2)                                        # warm-up: cgroups made, program attached
     pid = helper.proc.pid                           # prlimit and setpriv exec it in turn
     samples = {c: [] for c in CONDITIONS}
     fds = {c: [] for c in CONDITIONS}
     threads = {c: [] for c in CONDITIONS}
+    cpu = {c: [] for c in CONDITIONS}
     for r, order in enumerate(shuffled_rounds(CONDITIONS, rounds, seed=5)):
         for cond in order:
             say(f"FREEZE: round {r + 1}/{rounds}, {cond}: {bursts} bursts of {CLIENTS} root opens")
@@ -97,10 +83,12 @@ def bench(lab, rounds=3, bursts=25, nofile="1024:20000"):
                 if p.stdout.readline().strip() != "passed":
                     raise RuntimeError("the attacker did not start")
                 time.sleep(0.5)
+            c0, t0 = helper.cpu_seconds(), time.monotonic()
             for _ in range(bursts):
                 samples[cond] += burst(1)
                 fds[cond].append(_count(f"/proc/{pid}/fd"))
                 threads[cond].append(_count(f"/proc/{pid}/task"))
+            cpu[cond].append((helper.cpu_seconds() - c0) / (time.monotonic() - t0))
             if cond == "attack":
                 testlab.stop_process(evil.pop(), timeout=1)
                 time.sleep(1.0)                     # the helper lets go of what the attacker left
@@ -118,7 +106,7 @@ def bench(lab, rounds=3, bursts=25, nofile="1024:20000"):
         out[cond] = {"n": len(ms), "p50": median(ms), "p99": percentile(ms, 99), "max": max(ms),
                      "placed": sum(1 for v in samples[cond] if v[1] == "placed"),
                      "not_placed": [v for v in samples[cond] if v[1] != "placed"][:5],
-                     "max_fds": max(fds[cond]), "max_threads": max(threads[cond])}
+                     "max_fds": max(fds[cond]), "max_threads": max(threads[cond]), "helper_cpu": median(cpu[cond])}
     return out
 
 
@@ -126,12 +114,12 @@ def table(r):
     lines = [f"root `open` on root.sock, {r['clients']} concurrent clients a burst, helper started with nofile "
              f"{r['nofile']} (raised itself to {r['helper_soft_limit']}), {r['rounds']} interleaved rounds",
              "",
-             "| condition | n | placed | p50 ms | p99 ms | max ms | helper fds (max) | helper threads (max) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| condition | n | placed | p50 ms | p99 ms | max ms | helper CPU | helper fds (max) | helper threads (max) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for cond in CONDITIONS:
         c = r[cond]
         lines.append(f"| {cond} | {c['n']} | {c['placed']} | {c['p50']:.2f} | {c['p99']:.2f} | {c['max']:.2f} | "
-                     f"{c['max_fds']} | {c['max_threads']} |")
+                     f"{c['helper_cpu'] * 100:.0f}% | {c['max_fds']} | {c['max_threads']} |")
     lines.append(f"\nbudget lines in the helper's log: {r['budget_log_lines']}")
     return "\n".join(lines)
 

@@ -487,6 +487,7 @@ class Server:
             self._drop(conn)
             return
         fds, sender = _ancillary(ancdata)
+        peer = None
         try:
             if not data and not fds and _hung_up(conn):
                 self._drop(conn)
@@ -502,9 +503,12 @@ class Server:
                 self.log.warning(f"refused malformed request from {peer}: {e}")
                 answer = protocol.reply(False, error=f"malformed request: {e}")
             else:
-                answer = self.handler.handle(request, self._identify(client, fds, sender, flags))
+                peer = self._identify(client, fds, sender, flags)
+                answer = self.handler.handle(request, peer)
         finally:
-            self._release(client, fds)
+            # A pinned sender's one descriptor is a pidfd (pidfd_send_signal
+            # accepted it): closing one never blocks, so no closer is needed.
+            self._release(client, fds, pidfd=peer is not None and peer.proc is not None)
         self._send(conn, answer)
         self._drop(conn)
 
@@ -523,9 +527,10 @@ class Server:
         except (OSError, protocol.ProtocolError):
             pass
 
-    def _release(self, client, fds):
-        """Close received descriptors: root's here, anyone else's in a closer thread."""
-        if client.uid == 0:
+    def _release(self, client, fds, pidfd=False):
+        """Close received descriptors: root's and a lone pidfd here, anything
+        else of anyone else in a closer thread."""
+        if client.uid == 0 or pidfd:
             for fd in fds:
                 os.close(fd)
         elif fds:
