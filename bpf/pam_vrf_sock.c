@@ -6,6 +6,8 @@
  * AF_INET/AF_INET6 socket a process of the cgroup creates,
  *
  *   1. refuse it (socket() fails with EPERM) if it matches a deny item,
+ *      or, when the program binds, if it is MPTCP (its kernel-made TCP
+ *      subflows never pass this hook, so they would not be bound),
  *   2. bind it to a device          (sk->bound_dev_if = IFINDEX),
  *   3. set its mark and priority    (sk->mark = MARK, sk->priority = PRIORITY),
  *   4. let it be created            (return 1).
@@ -61,6 +63,8 @@ int pam_vrf(struct bpf_sock *sk)
 	DENY
 #endif
 #ifdef IFINDEX
+	DENY_ITEM(2, 1, 262)	/* AF_INET, SOCK_STREAM, IPPROTO_MPTCP */
+	DENY_ITEM(10, 1, 262)	/* AF_INET6 */
 	sk->bound_dev_if = IFINDEX;
 #endif
 #ifdef MARK

@@ -156,6 +156,19 @@ def _print_egress(path, foreign_netns):
                               for i in sorted(allowed))
         print(f"  egress prog {item.prog_id} (pam-vrf): out only by {where}; "
               f"dropped {dropped} packet{'s' if dropped != 1 else ''} leaving by another link")
+    try:
+        joins = cgroup_link.query(path, syscall.CGROUP_SETSOCKOPT)
+    except BpfError as e:
+        print(f"  setsockopt programs: {e}")
+        return 1
+    for item in joins:
+        try:
+            name = programs.read_back_name(item.prog_id)
+        except BpfError as e:
+            print(f"  setsockopt prog {item.prog_id}: {e}")
+            continue
+        what = "multicast joins only on the devices above" if name == "pam_vrf_join" else "not pam-vrf's"
+        print(f"  setsockopt prog {item.prog_id} ({name or 'unnamed'}): {what}")
     return 0
 
 

@@ -58,3 +58,12 @@ def read_back_egress(prog_id):
         os.close(fd)
     allowed = egressprog.describe(info.xlated) if info.name == egressprog.PROG_NAME else None
     return info, allowed, egressprog.dropped(prog_id) if allowed is not None else 0
+
+
+def read_back_name(prog_id):
+    """The name an attached program was loaded with; root only."""
+    fd = syscall.prog_get_fd_by_id(prog_id)
+    try:
+        return syscall.prog_info(fd).name
+    finally:
+        os.close(fd)

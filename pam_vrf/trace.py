@@ -50,6 +50,7 @@ import sys
 import time
 
 from pam_vrf import cgroup, paths
+from pam_vrf.bpf.sockprog import ALWAYS_DENIED
 from pam_vrf.drops import DropWatch
 from pam_vrf.sockspec import FAMILIES, PROTOCOLS, TYPES, denied_by, parse_item
 
@@ -344,6 +345,8 @@ def verdict(ret, family, kind, protocol, bound_dev_if, entry, ifname):
             item = denied_by([parse_item(t) for t in entry["rule"]["deny"]], family, kind, protocol)
         except (KeyError, TypeError, ValueError):
             item = None
+    if item is None and (family, kind, protocol) in ALWAYS_DENIED:
+        return "refused mptcp (always, in a VRF: its subflows would not be bound)", dict(fields, deny="mptcp")
     if item is None:
         why = "by no deny item of its pam-vrf rule: another program" if entry is not None \
             else "(no pam-vrf rule recorded for this cgroup)"

@@ -235,8 +235,9 @@ def promised(settings, baseline, dev):
             out.append(base)
             continue
         seen = (base["domain"], base["type"], base["protocol"])
+        always = sockprog.ALWAYS_DENIED if settings.ifindex is not None else ()
         if any(all(want is None or want == got for want, got in zip(item, seen))
-               for item in settings.deny):
+               for item in (*settings.deny, *always)):
             out.append({"error": "EPERM"})
             continue
         r = dict(base)

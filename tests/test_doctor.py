@@ -25,7 +25,7 @@ import pytest
 
 from conftest import PY, REPO, sh, spawn, uid_tag
 from pam_vrf import cgroup, programs
-from pam_vrf.bpf import cgroup_link, egressprog, sockprog, syscall
+from pam_vrf.bpf import cgroup_link, egressprog, joinprog, sockprog, syscall
 from pam_vrf.doctor import Finding, config, daemon, kernel, resolver, routes
 
 RESPONDER = textwrap.dedent("""
@@ -258,7 +258,13 @@ def test_a_placed_cgroup_without_the_egress_program(lab, helper_factory, sandbox
     finally:
         os.close(prog)
         os.close(counter)
-    assert_finding(lab.doctor(), "ok", "sessions: all 1 placed cgroup(s) carry the egress program")
+    assert_finding(lab.doctor(), "error", "sessions: 1 of 1 placed cgroup(s)", "no multicast-join program")
+    prog = joinprog.load({index})
+    try:
+        cgroup_link.attach(placed, prog, syscall.CGROUP_SETSOCKOPT)
+    finally:
+        os.close(prog)
+    assert_finding(lab.doctor(), "ok", "sessions: all 1 placed cgroup(s) carry the egress and multicast-join programs")
 
 
 def test_a_resolver_the_vrf_cannot_reach(lab, helper_factory):

@@ -256,3 +256,16 @@ def test_a_restarted_helper_gives_remembered_sessions_the_egress_program(egress_
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_status_names_the_multicast_join_program(egress_lab, sandbox_cgroup):
+    from pam_vrf.bpf import joinprog
+    placed = place(sandbox_cgroup, egress_lab)
+    prog = joinprog.load({egress_lab["vb_index"]})
+    try:
+        cgroup_link.attach(placed, prog, syscall.CGROUP_SETSOCKOPT)
+    finally:
+        os.close(prog)
+    status = sh(PY, "-m", "pam_vrf", "status", env=dict(os.environ, PYTHONPATH=REPO), check=True).stdout
+    block = status.split(placed, 1)[1]
+    assert "(pam_vrf_join): multicast joins only on the devices above" in block, status

@@ -35,7 +35,8 @@ import testlab
 from conftest import PY, run_py, spawn
 from test_kernel_placement import lab  # noqa: F401  (the fixture)
 from test_egress import Sink, _text, egress_lab, place, attach_egress  # noqa: F401  (egress_lab: the fixture)
-from pam_vrf.bpf import cgroup_link, syscall
+from pam_vrf import programs
+from pam_vrf.bpf import cgroup_link, sockprog, syscall
 
 PORT = 7001
 
@@ -378,15 +379,20 @@ MPTCP_CLIENT = textwrap.dedent("""
 """)
 
 
-def test_an_mptcp_client_subflow_is_unbound_but_filtered(egress_lab, sandbox_cgroup, throwaway_user):  # noqa: F811
+def test_an_mptcp_client_is_refused_and_its_subflow_filtered(egress_lab, sandbox_cgroup, throwaway_user):  # noqa: F811
     """The MPTCP socket reports the target as its bound device, yet its
     first subflow follows the main table (and a link-local scope id of
-    va): with the sock-create program alone it reaches peer A. The egress
-    program sees the subflow (the kernel gives it the MPTCP socket's
-    cgroup) and drops it: no connection by va. (A side effect, not
-    security: an MPTCP client in a placed session times out, as its
-    subflow never uses the target.)"""
-    placed = place(sandbox_cgroup, egress_lab)
+    va): with a binding alone (iproute2's program) it reaches peer A. The
+    egress program sees the subflow (the kernel gives it the MPTCP socket's
+    cgroup) and drops it: no connection by va. pam-vrf's own program
+    refuses MPTCP sockets outright (EPERM: applications fall back to TCP)."""
+    placed = f"{sandbox_cgroup}/vrf/{egress_lab['vb']}"
+    os.makedirs(placed)
+    prog = syscall.prog_load(sockprog.iproute2_program(egress_lab["vb_index"]))
+    try:
+        cgroup_link.attach(placed, prog)
+    finally:
+        os.close(prog)
     user = throwaway_user()
     control = run_py(MPTCP_CLIENT, netns=egress_lab["host"], cgroup_dir=placed, user=user,
                      args=(egress_lab["va_index"],), timeout=60)
@@ -398,6 +404,22 @@ def test_an_mptcp_client_subflow_is_unbound_but_filtered(egress_lab, sandbox_cgr
         assert "A" not in {answer for _, answer in outcomes.values()}, outcomes
     finally:
         os.close(counter)
+    programs.attach(placed, sockprog.Settings(ifindex=egress_lab["vb_index"]))
+    refused = run_py(MPTCP_SOCKETS, cgroup_dir=placed, user=user)
+    assert refused == {"inet": "EPERM", "inet6": "EPERM", "tcp": "ok"}, refused
+
+
+MPTCP_SOCKETS = textwrap.dedent("""
+    import errno, json, socket
+    out = {}
+    for name, family, proto in (("inet", socket.AF_INET, 262), ("inet6", socket.AF_INET6, 262),
+                                ("tcp", socket.AF_INET, 0)):
+        try:
+            socket.socket(family, socket.SOCK_STREAM, proto).close(); out[name] = "ok"
+        except OSError as e:
+            out[name] = errno.errorcode[e.errno]
+    print(json.dumps(out))
+""")
 
 
 NAMESPACES = textwrap.dedent("""

@@ -13,7 +13,7 @@ W, DW = 0x00, 0x18              # 32- and 64-bit memory access
 IMM, MEM, ATOMIC = 0x00, 0x60, 0xC0
 K, X = 0x00, 0x08               # immediate or register source
 ADD, MOV = 0x00, 0xB0
-JEQ, JNE = 0x10, 0x50
+JEQ, JGT, JNE = 0x10, 0x20, 0x50
 CALL, EXIT = 0x80, 0x90
 PSEUDO_MAP_FD = 1               # ld_imm64 src: the immediate is a map fd
 FUNC_MAP_LOOKUP_ELEM = 1        # enum bpf_func_id
@@ -42,11 +42,12 @@ class Label(NamedTuple):
 
 
 class Jump(NamedTuple):
-    """A conditional jump to a Label, resolved by assemble()."""
+    """A jump to a Label, resolved by assemble(); `src` for register compares."""
     op: int
     dst: int
     imm: int
     label: str
+    src: int = 0
 
 
 def _s32(value):
@@ -66,6 +67,19 @@ def mov_imm(dst, value):
 
 def mov64_imm(dst, value):
     return Insn(ALU64 | MOV | K, dst, 0, 0, _s32(value))
+
+
+def load_u64(dst, src, off):
+    return Insn(LDX | MEM | DW, dst, src, off)
+
+
+def jump_if_above(dst, src, label):
+    """if dst > src (unsigned, registers) goto label"""
+    return Jump(JMP | JGT | X, dst, 0, label, src)
+
+
+def goto(label):
+    return Jump(JMP | 0x00, 0, 0, label)      # BPF_JA
 
 
 def load_u32(dst, src, off):
@@ -132,7 +146,7 @@ def assemble(items):
         if isinstance(item, Jump):
             if item.label not in where:
                 raise ValueError(f"jump to undefined label {item.label}")
-            item = Insn(item.op, item.dst, 0, where[item.label] - pc - 1, item.imm)
+            item = Insn(item.op, item.dst, item.src, where[item.label] - pc - 1, item.imm)
         out.append(item.encode())
         pc += 1
     return b"".join(out)

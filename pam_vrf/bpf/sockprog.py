@@ -9,7 +9,11 @@ refuse the denied kinds of socket, set mark and priority.
     r5 = priority; *(u32 *)(r6 + 20) = r5
     r0 = 1; exit
 
-Returning 0 makes socket() fail with EPERM. Each value keeps its own
+Returning 0 makes socket() fail with EPERM. A program that binds also
+refuses MPTCP sockets (ALWAYS_DENIED, not a vrf.conf item): the TCP
+subflows the kernel makes for one are not created through this hook, so
+they are not bound, and a listener takes connections from every link
+(applications fall back to TCP on EPERM). Each value keeps its own
 register (r3 for the ifindex, as iproute2 does), so describe() can read
 the rule back from the program the kernel holds, whose context accesses
 the verifier has rewritten but whose registers and constants it keeps.
@@ -24,6 +28,8 @@ from pam_vrf.bpf.asm import R0, R1, R3, R4, R5, R6, R7, R8, R9
 BOUND_DEV_IF, FAMILY, TYPE, PROTOCOL, MARK, PRIORITY = 0, 4, 8, 12, 16, 20
 
 PROG_NAME = "pam_vrf"
+AF_INET, AF_INET6, SOCK_STREAM, IPPROTO_MPTCP = 2, 10, 1, 262
+ALWAYS_DENIED = ((AF_INET, SOCK_STREAM, IPPROTO_MPTCP), (AF_INET6, SOCK_STREAM, IPPROTO_MPTCP))
 _MATCH_REGS = ((R7, FAMILY, "family"), (R8, TYPE, "type"), (R9, PROTOCOL, "protocol"))
 _SET_REGS = ((R3, BOUND_DEV_IF, "ifindex"), (R4, MARK, "mark"), (R5, PRIORITY, "priority"))
 
@@ -40,6 +46,8 @@ def build(settings):
     """The program for `settings`, as assembled bytes."""
     items = [asm.mov_reg(R6, R1)]
     triples = [tuple(t) for t in settings.deny]
+    if settings.ifindex is not None:
+        triples += [t for t in ALWAYS_DENIED if t not in triples]
     for position, (reg, off, _) in enumerate(_MATCH_REGS):
         if any(t[position] is not None for t in triples):
             items.append(asm.load_u32(reg, R6, off))
@@ -79,6 +87,8 @@ def describe(xlated):
             pending = {}
     if "ifindex" not in values and not deny:
         return None
+    if "ifindex" in values:
+        deny = [t for t in deny if t not in ALWAYS_DENIED]
     return Settings(values.get("ifindex"), tuple(deny), values.get("mark"), values.get("priority"))
 
 

@@ -1,16 +1,18 @@
-"""Placed sessions without the egress program.
+"""Placed sessions without the egress or the multicast-join program.
 
 A cgroup carrying pam-vrf's sock-create program binds its sockets to the
 VRF, but only the egress program beside it keeps their datagrams from
 leaving by another link (IP_PKTINFO, an IPv6 scope id: see the README's
-security table). A helper older than 0.3.0 attached none, and root can
-detach it; the helper gives every cgroup it remembers one when it starts.
+security table), and only the setsockopt program keeps their multicast
+joins (whose reports the kernel sends) on the VRF's links. A helper older
+than 0.3.0 attached neither, and root can detach them; the helper gives
+every cgroup it remembers both when it starts.
 """
 
 import os
 
 from pam_vrf import cgroup
-from pam_vrf.bpf import cgroup_link, egressprog, sockprog, syscall
+from pam_vrf.bpf import cgroup_link, egressprog, joinprog, sockprog, syscall
 from pam_vrf.bpf.syscall import BpfError
 from pam_vrf.doctor import Finding
 
@@ -36,18 +38,22 @@ def check(findings, mount):
             if not _ours(path, syscall.CGROUP_INET_SOCK_CREATE, sockprog.PROG_NAME):
                 continue
             placed += 1
-            if not _ours(path, syscall.CGROUP_INET_EGRESS, egressprog.PROG_NAME):
+            if not (_ours(path, syscall.CGROUP_INET_EGRESS, egressprog.PROG_NAME)
+                    and _ours(path, syscall.CGROUP_SETSOCKOPT, joinprog.PROG_NAME)):
                 bare.append((path, name))
         except BpfError:
             continue                # gone while we looked: an ended session
     if bare:
         shown = ", ".join(f"{p} ({n})" for p, n in bare[:5]) + (" ..." if len(bare) > 5 else "")
         findings.append(Finding(
-            "sessions", "error", f"{len(bare)} of {placed} placed cgroup(s) carry no egress program: {shown}",
+            "sessions", "error", f"{len(bare)} of {placed} placed cgroup(s) carry no egress program "
+            f"or no multicast-join program: {shown}",
             "their processes' sockets are bound to the VRF, but a datagram can still name another "
-            "link (IP_PKTINFO, an IPv6 link-local scope id) and leave by it",
-            "restart pam-vrf-helper: it gives every cgroup it remembers the egress program"))
+            "link (IP_PKTINFO, an IPv6 link-local scope id) and leave by it, or a multicast join "
+            "make the kernel send reports by it",
+            "restart pam-vrf-helper: it gives every cgroup it remembers both programs"))
     elif placed:
-        findings.append(Finding("sessions", "ok", f"all {placed} placed cgroup(s) carry the egress program"))
+        findings.append(Finding("sessions", "ok", f"all {placed} placed cgroup(s) carry the egress and "
+                                "multicast-join programs"))
     else:
         findings.append(Finding("sessions", "info", "no placed session cgroups right now"))

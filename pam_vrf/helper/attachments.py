@@ -5,15 +5,19 @@ cgroup that needs it. When a VRF is deleted and created again it gets a
 new ifindex: every cgroup of that VRF then gets the program for the new
 ifindex, so new sockets in existing sessions bind again.
 
-Each such cgroup also carries the egress program (pam_vrf.bpf.egressprog)
-for its VRF's devices: the VRF and the links enslaved to it now, or the
-`plain` device. `devices(vrf, plain, ifindex)` (Links.egress_devices) says
-which; refresh_egress() re-attaches wherever that changed (a link enslaved
-or released, the VRF re-created or deleted). One egress program per
-(VRF, devices), shared; one drop counter per VRF while the helper runs.
-Which egress program each cgroup has is not in the state file: a helper
-that starts re-attaches every cgroup's (a replace, flags 0), so sessions
-placed by a version without one get it too.
+Each such cgroup also carries two guards for its VRF's devices (the VRF
+and the links enslaved to it now, or the `plain` device): the egress
+program (pam_vrf.bpf.egressprog: no packet leaves by another link) and the
+setsockopt program (pam_vrf.bpf.joinprog: no multicast join on another
+link, whose IGMP/MLD reports the kernel would send by it).
+`devices(vrf, plain, ifindex)` (Links.egress_devices) says which devices;
+refresh_egress() re-attaches wherever that changed (a link enslaved or
+released, the VRF re-created or deleted). One pair of programs per (VRF,
+devices), shared; one drop counter per VRF while the helper runs. Which
+guards each cgroup has is not in the state file: a helper that starts
+re-attaches every cgroup's (a replace, flags 0), so sessions placed by a
+version without them get them too; a login asks the kernel, so a cgroup
+removed and made again at a remembered path gets them again.
 
 The list of attachments is kept in a small JSON file under the runtime
 directory so that a restarted helper still knows what to re-attach
@@ -28,7 +32,7 @@ import time
 from typing import NamedTuple
 
 from pam_vrf import cgroup, programs
-from pam_vrf.bpf import cgroup_link, egressprog, sockprog, syscall
+from pam_vrf.bpf import cgroup_link, egressprog, joinprog, sockprog, syscall
 from pam_vrf.sockspec import parse_item
 
 
@@ -67,8 +71,8 @@ class Attachments:
         # devices(vrf, plain, ifindex) -> the ifindexes its sessions may send by;
         # None: no egress program (state-file tools and tests of the file alone).
         self.devices = devices
-        self._egress = {}               # cgroup path -> devices its egress program allows
-        self._egress_fds = {}           # (vrf, devices) -> (program fd, program id)
+        self._egress = {}               # cgroup path -> devices its guards allow
+        self._egress_fds = {}           # (vrf, devices) -> Guards
         self._counters = {}             # vrf -> drop counter map fd
         self._load_state()
 
@@ -101,16 +105,20 @@ class Attachments:
         self.dirty = True
         return prog_id
 
-    def _attach_egress(self, path, entry):
-        """The egress program for the entry's VRF devices on `path` (a no-op
-        when it is there already and the devices have not changed)."""
+    def _attach_egress(self, path, entry, check=True):
+        """The guards for the entry's VRF devices on `path`. check: ask the kernel
+        whether they are there (a login: the cgroup may have been removed and made
+        again since); else trust what this helper attached (link events)."""
         if self.devices is None:
             return
         allowed = self.devices(entry.vrf, entry.rule["plain"], entry.ifindex)
-        if self._egress.get(path) == allowed:
+        guards = self._guards(entry.vrf, allowed)
+        if self._egress.get(path) == allowed and (not check or all(
+                [a.prog_id for a in cgroup_link.query(path, kind)] == [prog_id]
+                for kind, _, prog_id in guards)):
             return
-        fd, _ = self._egress_program(entry.vrf, allowed)
-        cgroup_link.attach(path, fd, syscall.CGROUP_INET_EGRESS)
+        for kind, fd, _ in guards:
+            cgroup_link.attach(path, fd, kind)
         self._egress[path] = allowed
 
     def refresh_egress(self):
@@ -126,7 +134,7 @@ class Attachments:
             if self._egress.get(path) == wanted[key]:
                 continue
             try:
-                self._attach_egress(path, entry)
+                self._attach_egress(path, entry, check=False)
                 done += 1
             except OSError as e:
                 if self.log:
@@ -135,13 +143,25 @@ class Attachments:
             self._release_unused()
         return done
 
-    def _egress_program(self, vrf, allowed):
+    def _guards(self, vrf, allowed):
+        """[(attach type, program fd, program id)] of the guards for `allowed`,
+        loading them once."""
         key = (vrf, allowed)
         if key not in self._egress_fds:
             if vrf not in self._counters:
                 self._counters[vrf] = egressprog.new_counter()
-            fd = egressprog.load(allowed, self._counters[vrf])
-            self._egress_fds[key] = (fd, syscall.prog_info(fd).id)
+            loaders = ((syscall.CGROUP_INET_EGRESS, lambda: egressprog.load(allowed, self._counters[vrf])),
+                       (syscall.CGROUP_SETSOCKOPT, lambda: joinprog.load(allowed)))
+            guards = []
+            try:
+                for kind, load in loaders:
+                    fd = load()
+                    guards.append((kind, fd, syscall.prog_info(fd).id))
+            except BaseException:
+                for _, fd, _ in guards:
+                    os.close(fd)
+                raise
+            self._egress_fds[key] = guards
         return self._egress_fds[key]
 
     def refresh(self, resolve):
@@ -189,7 +209,8 @@ class Attachments:
             del self._egress[path]
         used = {(self.entries[p].vrf, allowed) for p, allowed in self._egress.items()}
         for key in [k for k in self._egress_fds if k not in used]:
-            os.close(self._egress_fds.pop(key)[0])
+            for _, fd, _ in self._egress_fds.pop(key):
+                os.close(fd)
         vrfs = {vrf for vrf, _ in self._egress_fds}
         for vrf in [v for v in self._counters if v not in vrfs]:
             os.close(self._counters.pop(vrf))
