@@ -162,7 +162,10 @@ def test_logger_writes_at_emfile(syslog):
     each line opened a new socket and failed silently at EMFILE."""
     tag = uid_tag()
     mark = syslog.mark()
-    out = testlab.sh("prlimit", "--nofile=256:256", "--", PY, "-c", LOG_AT_EMFILE, syslog.path, tag).stdout
+    other = os.environ.get("PVT_HELPER_PYTHONPATH")        # see LimitedHelper
+    env = dict(os.environ, PYTHONPATH=other) if other else None
+    out = testlab.sh("prlimit", "--nofile=256:256", "--", PY, "-c", LOG_AT_EMFILE, syslog.path, tag,
+                     env=env, cwd="/").stdout
     assert out.strip() == "logged"
     syslog.wait_for(["pvt-emfile[", f"at EMFILE {tag}"], mark, timeout=3)
 
