@@ -9,6 +9,9 @@ from this file's text (python3 -c), as other users and in namespaces.
     egress.py sink TOKEN PORT (a peer, root: prints one line per datagram,
                                ICMP echo or ICMPv6 echo carrying TOKEN)
 
+Joins and an MPTCP socket send nothing themselves: their outcome is what
+counts (EPERM where the guards hold).
+
 JSON: token; ip4 (a peer address the session's own link reaches too), port,
 other (ifindex of a link the session must not leave by), ll6 (the peer's
 IPv6 link-local address on that link), bcast4 (optional), raw (the caller
@@ -94,8 +97,27 @@ def attacks(cfg):
         u.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         u.sendmsg([data], pktinfo(other), 0, (cfg.get("bcast4") or "255.255.255.255", port))
 
+    def join4_other(s, data):           # the kernel's IGMP report would leave by `other`
+        u = udp4()
+        mreqn = socket.inet_aton("239.213.0.1") + bytes(4) + struct.pack("=i", other)
+        u.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
+
+    def join6_other(s, data):           # MLD
+        u = udp6()
+        mreq = socket.inet_pton(socket.AF_INET6, "ff05::213:1") + struct.pack("=I", other)
+        u.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, mreq)
+
+    def join6_main_table(s, data):      # ifindex 0: the kernel picks a link by the main table
+        u = udp6()
+        mreq = socket.inet_pton(socket.AF_INET6, "ff05::213:2") + struct.pack("=I", 0)
+        u.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, mreq)
+
+    def mptcp_socket(s, data):          # its kernel-made subflows would not be bound
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262).close()
+
     found = [legit, ip_pktinfo, ipv6_scope_id, ping4_pktinfo, ping6_scope_id, ip_unicast_if,
-             ipv6_unicast_if, so_bindtoifindex, multicast6_scope_id, broadcast4_pktinfo]
+             ipv6_unicast_if, so_bindtoifindex, multicast6_scope_id, broadcast4_pktinfo,
+             join4_other, join6_other, join6_main_table, mptcp_socket]
 
     if cfg.get("raw"):
         def rebind_with_cap_net_raw(s, data):
