@@ -27,7 +27,7 @@ import time
 
 import pytest
 
-from conftest import PY, Helper, spawn, uid_tag
+from conftest import PY, REPO, Helper, spawn, uid_tag
 from helper_attacks import DESCRIPTOR_FLOOD, Agent, kill_quietly
 from pam_vrf import cgroup, protocol
 from pam_vrf.bpf import cgroup_link
@@ -227,3 +227,29 @@ def test_sigterm_during_logins_saves_every_placement(limited_helper, vrf_conf, s
         assert told <= named, (sorted(told - named), replies)
         assert attached(base) <= named, sorted(attached(base) - named)
         helper.start()
+
+
+# -- one state file path (issue 14, item 8) ----------------------------------------
+
+def test_one_default_state_file_for_helper_unit_and_trace(monkeypatch):
+    """The helper's default, the unit and `pam-vrf trace` name the same state
+    file; before, a helper started as pam-vrf-helper(8) shows kept it in
+    /run/pam-vrf/ and trace looked in /run/pam-vrf-helper/ only."""
+    from pam_vrf import cli, paths, trace
+    assert paths.state_file() == paths.state_file(protocol.DEFAULT_SOCKET) == paths.DEFAULT_STATE
+    assert paths.state_file("/tmp/x/helper.sock") == "/tmp/x/attachments.json"
+    # The unit: the default socket, no --state of its own, its RuntimeDirectory holds the file.
+    with open(os.path.join(REPO, "systemd", "pam-vrf-helper.service")) as f:
+        unit = f.read()
+    start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+    assert "--state" not in start and start.endswith(f"--socket {protocol.DEFAULT_SOCKET}"), start
+    assert f"RuntimeDirectory={os.path.basename(os.path.dirname(paths.DEFAULT_STATE))}\n" in unit
+    # trace: derived from --socket like the helper's default, or given.
+    seen = []
+    monkeypatch.setattr(trace, "main", lambda args: seen.append(args.state) or 0)
+    for argv, want in ((["trace"], paths.DEFAULT_STATE),
+                       (["trace", "--socket", "/tmp/x/helper.sock"], "/tmp/x/attachments.json"),
+                       (["trace", "--state", "/tmp/y.json"], "/tmp/y.json")):
+        args = cli.parser().parse_args(argv)
+        args.func(args)
+        assert seen[-1] == want, (argv, seen)
