@@ -108,7 +108,10 @@ def _close_if_inert(conn):
     try:
         conn.shutdown(socket.SHUT_RD)
         for _ in range(32):
-            data, anc, flags, _ = conn.recvmsg(1, _CREDS_SPACE, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            try:
+                data, anc, flags, _ = conn.recvmsg(1, _CREDS_SPACE, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except ConnectionResetError:
+                continue                # the peer closed before reading our answer: reported once
             if flags & socket.MSG_CTRUNC:
                 return False
             if not data and not anc:
@@ -136,7 +139,10 @@ def _drain(conn, room):
     try:
         conn.shutdown(socket.SHUT_RD)
         for _ in range(64):
-            data, anc, _, _ = conn.recvmsg(1, _ANCILLARY, socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC)
+            try:
+                data, anc, _, _ = conn.recvmsg(1, _ANCILLARY, socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC)
+            except ConnectionResetError:
+                continue                # reported once (the peer closed first); the queue is still there
             fds, _ = _ancillary(anc)
             for fd in fds:
                 _unlinger(fd)
