@@ -72,6 +72,26 @@ def read(path):
         return None
 
 
+def early_sockets(name, report, port):
+    """(the oneshot's report, the socket unit's `ss` line), once both are there."""
+    early = json.loads(vmlib.wait_until(f"{report} (the oneshot's report)", lambda: read(report), timeout=90))
+    listening = vmlib.wait_until(f"{name}'s socket unit on udp port {port}",
+                                 lambda: run("ss", "-Hlnu", f"sport = :{port}").stdout.strip())
+    return early, listening
+
+
+def assert_bound(name, uid, early, listening, mark, where, when):
+    assert f"/user@{uid}.service/" in early["cgroup"], early
+    assert early["udp4"] == {"dev": VRF} and early["udp6"] == {"errno": errno.EPERM}, (
+        f"a oneshot that {name}'s systemd manager started with it, {when}, keeps sockets "
+        f"{early}: not bound to {VRF} (rule {where[RULE]})")
+    assert f"%{VRF}:" in listening, (
+        f"the socket unit {name}'s systemd manager listens on is not bound to {VRF}: {listening!r}")
+    messages = [str(e.get("MESSAGE")) for e in vmlib.journal(mark, SYSLOG_IDENTIFIER=vmlib.HELPER_IDENT)]
+    assert any("(service systemd-user)" in m and f"user@{uid}.service" in m
+               and where[RULE] in m for m in messages), messages
+
+
 def test_what_the_manager_starts_with_it_is_bound_at_the_first_login():
     port = random.randrange(40000, 50000)
     with vmlib.user("netops") as name, vmlib.vrf_conf(RULE) as where:
@@ -82,16 +102,26 @@ def test_what_the_manager_starts_with_it_is_bound_at_the_first_login():
         mark = vmlib.journal_mark()
         with vmlib.Login(name, "echo up; cat") as login:
             assert login.readline() == "up"
-            early = json.loads(vmlib.wait_until(f"{report} (the oneshot's report)", lambda: read(report)))
-            listening = vmlib.wait_until(f"{name}'s socket unit on udp port {port}",
-                                         lambda: run("ss", "-Hlnu", f"sport = :{port}").stdout.strip())
-            bound = vmlib.journal(mark, SYSLOG_IDENTIFIER=vmlib.HELPER_IDENT)
-        assert f"/user@{uid}.service/" in early["cgroup"], early
-        assert early["udp4"] == {"dev": VRF} and early["udp6"] == {"errno": errno.EPERM}, (
-            f"a oneshot that {name}'s systemd manager started with it, before the first login "
-            f"returned, keeps sockets {early}: not bound to {VRF} (rule {where[RULE]})")
-        assert f"%{VRF}:{port}" in listening, (
-            f"the socket unit {name}'s systemd manager listens on is not bound to {VRF}: {listening!r}")
-        messages = [str(e.get("MESSAGE")) for e in bound]
-        assert any("(service systemd-user)" in m and f"user@{uid}.service" in m
-                   and where[RULE] in m for m in messages), messages
+            early, listening = early_sockets(name, report, port)
+        assert_bound(name, uid, early, listening, mark, where, "before the first login returned")
+
+
+def test_a_lingering_users_manager_is_bound_without_any_login():
+    """`loginctl enable-linger`: the manager (and what it starts) runs with no
+    login at all, at boot or now; no login's binding ever comes."""
+    port = random.randrange(40000, 50000)
+    with vmlib.user("netops") as name, vmlib.vrf_conf(RULE) as where:
+        uid = pwd.getpwnam(name).pw_uid
+        report = user_units(name, port)
+        # logind keeps a user record per uid for a while, with the name it had: a
+        # reused uid would be checked for the old name's linger file and stopped.
+        vmlib.wait_until(f"logind to forget uid {uid}",
+                         lambda: run("loginctl", "show-user", str(uid), check=False).returncode != 0, timeout=90)
+        mark = vmlib.journal_mark()
+        run("loginctl", "enable-linger", name)
+        try:
+            early, listening = early_sockets(name, report, port)
+        finally:
+            run("loginctl", "disable-linger", name, check=False)
+        assert vmlib.sessions_of(name) == []
+        assert_bound(name, uid, early, listening, mark, where, "lingering, without a login")
