@@ -224,6 +224,29 @@ def test_su_from_a_tree_the_invoker_can_write_cannot_be_moved_out(lab, how):
     assert placed == f"{hierarchy(lab.sandbox)}/{lab.ns}-ns/vrf/{lab.dev}", placed
 
 
+def test_vrf_levels_someone_else_can_write_are_never_used(lab):
+    """The VRF levels below a root-owned cgroup exist already and are the
+    invoker's (made in advance, or left from a delegation): the session is not
+    placed there (it would be moved out to vrf/, the default VRF); a non-strict
+    rule leaves it unplaced, and the log says why."""
+    terminal = os.path.join(lab.sandbox, "terminal.scope")
+    levels = [terminal, f"{terminal}/{lab.ns}-ns", f"{terminal}/{lab.ns}-ns/vrf", f"{terminal}/{lab.ns}-ns/vrf/{lab.dev}"]
+    for level in levels:
+        os.makedirs(level, exist_ok=True)
+    for level in levels[1:]:
+        delegate(level, lab.invoker)
+    mark = lab.syslog.mark()
+    su = lab.su(lab.invoker, lab.target, terminal)
+    where = cgroup.cgroup_of(su.first["pid"])
+    moved = as_user(lab.invoker, MOVE, su.first["pid"], levels[2])
+    after = su.again()
+    assert su.first["rc"] == 0 and where == hierarchy(terminal) and moved in (errno.EACCES, errno.EPERM), (
+        f"{lab.target.pw_name}'s session was placed at {where}, {lab.invoker.pw_name} moved it to "
+        f"{levels[2]} ({moved}): its next socket is bound to {after['dev']!r}")
+    lab.syslog.wait_for(["pam-vrf-helper[", f"user {lab.target.pw_name}", "left unplaced",
+                         f"uid {lab.invoker.pw_uid} can write"], mark)
+
+
 def test_su_to_oneself_inside_ones_own_delegated_tree_stays_there(lab):
     """The invoker's own session below its own delegated tree keeps iproute2's
     layout (<its cgroup>/<netns>-ns/vrf/NAME): nobody else can write there."""
