@@ -1,0 +1,293 @@
+"""Adversarial review of the issue 14 items 5-8 changes (pam_vrf.so's decider
+contract and invoker, the helper's "session for oneself", NSS spellings, log
+escaping), as an unprivileged local user or a remote peer of a root daemon.
+
+Each test asserts the secure behaviour. Those marked LANDS failed on the
+code they were written against (commit 56653e5); HOLDS are attacks that
+were tried and stopped, kept because they show what stops them.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import PY, spawn, uid_tag
+from nsslab import in_namespace, nss_module
+from test_pam_module import (SYSTEM_PATH, helper_lab, module, pam_service,  # noqa: F401 (fixtures)
+                             pamtester, recording_module, scratch, set_mode)
+from test_nss_spelling import NSS_CI_C, case_insensitive_nss  # noqa: F401 (fixture)
+from test_sudo_self import drive, sudo_lab  # noqa: F401 (fixture)
+
+
+# -- PAM_RUSER from a root daemon -------------------------------------------------
+
+def test_a_root_daemons_pam_ruser_does_not_make_a_session_ones_own(sudo_lab, syslog, vrf_conf, pam_service):
+    """LANDS. The helper takes PAM_RUSER as the invoker whenever the PAM
+    caller's real uid is 0. Root daemons set it from the network: in.rlogind
+    and in.rshd (pam_rhosts) set it to the user name the remote client claims.
+    Such a daemon started in a VRF (`ip vrf exec mgmt ...`, the usual way to
+    run management daemons) then gets every login whose claimed ruser is the
+    account itself "kept" in the daemon's VRF: the account's own rule (here
+    strict, another VRF, deny=inet6 lifted with it) is never applied.
+
+    The daemon is the lab's placed login process (root, in vrf/<target>);
+    pamtester runs from it on a service of its own, as the daemon's child."""
+    lab, me = sudo_lab, sudo_lab["me"]
+    rlogin = pam_service(f"config={lab['config']} socket={lab['helper'].socket} debug")
+    with open(lab["config"]) as f:
+        policy = f.read()
+    vrf_conf(f"{me.pw_name}  vtnone{uid_tag()}  plain strict services={rlogin}\n" + policy, path=lab["config"])
+
+    def pamtester_argv(*items):
+        return ["pamtester", "-v", *[a for i in items for a in ("-I", i)], rlogin, me.pw_name,
+                "open_session", "close_session"]
+
+    mark = syslog.mark()
+    got = drive(lab, syslog, [
+        ("no ruser", pamtester_argv(), False, None),
+        ("claimed ruser", pamtester_argv(f"ruser={me.pw_name}"), False, None),
+    ])
+    assert got["login"].endswith(f"/vrf/{lab['target']}"), got
+    # Control: no PAM_RUSER, the strict rule applies (its VRF does not exist: refused).
+    assert "successfully opened" not in got["no ruser"]["out"], got["no ruser"]
+    # The attack: the same daemon, the same account, a PAM_RUSER the remote side chose.
+    kept = [line for line in syslog.since(mark) if f"pam_vrf({rlogin}:session)" in line and " kept in VRF " in line]
+    assert not kept and "successfully opened" not in got["claimed ruser"]["out"], (got["claimed ruser"], kept)
+
+
+# -- NSS spellings ---------------------------------------------------------------
+
+# A second name source that answers other spellings of LOCAL (any letter case)
+# with a different account whose NSS name is LOCAL in lower case: what SSSD
+# (case_sensitive = false: names are reported lower-cased) does for an AD user
+# "ADMIN" when /etc/passwd has a local "admin" first in nsswitch.conf.
+_CI_MATCH = '    if (strncasecmp(name, canon, n) || (name[n] && strcasecmp(name + n, "@pvt.example")))\n'
+assert _CI_MATCH in NSS_CI_C
+NSS_SHADOW_C = NSS_CI_C.replace(_CI_MATCH, "    if (strcasecmp(name, canon) || !strcmp(name, canon))\n")
+
+# A name service that is down for every spelling but the exact one files has.
+NSS_DOWN_C = r"""
+#include <errno.h>
+#include <nss.h>
+#include <pwd.h>
+
+enum nss_status _nss_@MOD@_getpwnam_r(const char *name, struct passwd *pw, char *buf, size_t len, int *errnop)
+{
+    (void)name; (void)pw; (void)buf; (void)len;
+    *errnop = EHOSTDOWN;
+    return NSS_STATUS_UNAVAIL;
+}
+"""
+
+DECIDE = """
+import json, sys
+from pam_vrf import policy
+rules = policy.parse(sys.stdin.read(), "vrf.conf")
+got = {}
+for user in sys.argv[1:]:
+    try:
+        rule = policy.decide(rules, user, "sshd")
+        got[user] = rule.where if rule else None
+    except policy.Undecidable as e:
+        got[user] = "undecidable-strict" if e.strict else "undecidable"
+print(json.dumps(got))
+"""
+
+
+def decide_in(nsswitch, text, names):
+    proc = subprocess.run(in_namespace(nsswitch, [PY, "-I", "-c", DECIDE, *names]), input=text, text=True,
+                          capture_output=True, env={"PATH": SYSTEM_PATH}, cwd="/", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+@pytest.fixture
+def shadowing_nss(throwaway_user):
+    """(local account, the other account, nsswitch.conf): `LOCAL` in capitals is the other account,
+    which NSS reports as `local` (another uid)."""
+    local, other = throwaway_user(), throwaway_user()
+    name = f"pvtsh{uid_tag()}"
+    source = (NSS_SHADOW_C.replace("@MOD@", name).replace("@CANON@", local.pw_name)
+              .replace("@UID@", str(other.pw_uid)).replace("@GID@", str(other.pw_gid)))
+    with nss_module(source, name, "passwd") as nsswitch:
+        yield local, other, nsswitch
+
+
+def test_another_account_reported_under_a_local_name_does_not_get_its_rule(shadowing_nss, installed, pam_service,
+                                                                          syslog, scratch, vrf_conf):
+    """LANDS. Rules compare the NSS name (pw_name): a directory account that
+    NSS reports under the name of a local account (SSSD lower-cases names;
+    files answers the exact spelling first) meets the LOCAL account's rule,
+    an earlier, looser line (a break-glass `admin default`) than its own
+    (`* ... strict`). The name is the same, the account (uid) is not."""
+    local, other, nsswitch = shadowing_nss
+    text = f"{local.pw_name}  default\n*  vtnone  plain strict\n"
+    upper = local.pw_name.upper()
+    got = decide_in(nsswitch, text, [local.pw_name, upper])
+    assert got[local.pw_name] == "vrf.conf:1", got
+    assert got[upper] == "vrf.conf:2", got            # uid differs: not the local account's line
+
+    # Through PAM, the helper down: the offline decider let the other account in unplaced.
+    config = vrf_conf(text)
+    service = pam_service(f"config={config} socket={scratch}/nowhere/helper.sock")
+    mark = syslog.mark()
+    argv = syslog.wrap(in_namespace(nsswitch, ["pamtester", "-v", service, upper, "open_session"]))
+    proc = subprocess.run(argv, env={"PATH": SYSTEM_PATH}, cwd="/", capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "successfully opened" not in proc.stdout + proc.stderr, proc
+    syslog.wait_for(["pam_vrf[", f"refusing session of user {upper} ", f"strict rule {config}:2"], mark)
+
+
+@pytest.fixture
+def failing_nss(throwaway_user):
+    account = throwaway_user()
+    name = f"pvtdn{uid_tag()}"
+    with nss_module(NSS_DOWN_C.replace("@MOD@", name), name, "passwd") as nsswitch:
+        yield account, nsswitch
+
+
+def test_a_spelling_the_name_service_cannot_resolve_does_not_pass_a_strict_name_rule(failing_nss, installed):
+    """LANDS. When NSS fails, names compare as given and only `@group` rules
+    are Undecidable: `ALICE` with the directory down skips alice's strict
+    rule and takes `* -` (left alone), though it is alice's spelling as
+    soon as the directory answers. A name rule that a failing look-up could
+    have matched must count like a group rule (Undecidable, strict)."""
+    account, nsswitch = failing_nss
+    name = account.pw_name
+    text = f"{name}  vtnone  plain strict\n*  -\n"
+    got = decide_in(nsswitch, text, [name, name.upper()])
+    assert got[name] == "vrf.conf:1", got
+    assert got[name.upper()] == "undecidable-strict", got
+
+
+def test_a_numeric_or_padded_spelling_reaches_no_earlier_rule(case_insensitive_nss, installed):
+    """HOLDS. A rule naming the account's uid is not the account (names only),
+    and a padded spelling that NSS does not resolve matches only `*`: no
+    spelling reaches an earlier, looser line than the account's own."""
+    account, nsswitch = case_insensitive_nss
+    name = account.pw_name
+    text = f"{account.pw_uid}  default\n{name}  vtnone  plain strict\n*  vtnone  plain strict\n"
+    got = decide_in(nsswitch, text, [name, name.upper(), f"{name}@pvt.example", f"{name} ", f" {name}"])
+    assert got == {name: "vrf.conf:2", name.upper(): "vrf.conf:2", f"{name}@pvt.example": "vrf.conf:2",
+                   f"{name} ": "vrf.conf:3", f" {name}": "vrf.conf:3"}, got
+
+
+# -- the invoker's file table ------------------------------------------------------
+
+# su/sudo as a hostile invoker starts them: real ids the user's, effective 0,
+# and a soft file limit of 5 (the hard one untouched: the shell su starts
+# can raise it again). pam_start needs two descriptors at once and gets
+# them; in the session stage pam_unix has opened syslog's socket (fd 3, kept,
+# as in every common-session), so pam_vrf.so's socket() gets fd 4, the last.
+TIGHT_SU = ("import os, resource, sys; uid, gid = int(sys.argv[1]), int(sys.argv[2]); "
+            "hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]; "
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (5, hard)); os.setgroups([gid]); "
+            "os.setresgid(gid, 0, 0); os.setresuid(uid, 0, 0); os.execv(sys.argv[3], sys.argv[4:])")
+
+
+@pytest.fixture
+def su_like_stack(helper_lab, module):
+    """A stack shaped like su's common-session: pam_unix's session line (it logs) before pam_vrf.so."""
+    lab = helper_lab
+    name = f"pvt-fl{uid_tag()}"
+    path = f"/etc/pam.d/{name}"
+    with open(path, "w") as f:
+        f.write("auth required pam_permit.so\naccount required pam_permit.so\nsession required pam_unix.so\n"
+                f"session [success=ok session_err=bad default=ignore] {module} "
+                f"config={lab.config} socket={lab.helper.socket} debug\n")
+    try:
+        yield name
+    finally:
+        os.unlink(path)
+
+
+def tight_su(lab, service, invoker, user):
+    argv = lab.syslog.wrap([PY, "-I", "-c", TIGHT_SU, str(invoker.pw_uid), str(invoker.pw_gid),
+                            shutil.which("pamtester"), "pamtester", "-v", service, user, "open_session"])
+    proc = spawn(argv, netns=lab.ns, cgroup_dir=lab.sandbox, env={"PATH": SYSTEM_PATH}, cwd="/",
+                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out, _ = proc.communicate(timeout=120)
+    return proc.returncode, out
+
+
+@pytest.mark.parametrize("policy", ["no strict anywhere", "a strict line"])
+def test_an_invokers_file_limit_does_not_unplace_a_su_session(helper_lab, su_like_stack, vrf_conf, throwaway_user,
+                                                              policy):
+    """LANDS where the policy has no strict line. The helper is up and would
+    place the account (a non-strict rule). The invoker of su lowers
+    RLIMIT_NOFILE so that pam_vrf.so's socket() still works but its
+    pidfd_open() fails (EMFILE): the request goes without a pidfd, the
+    helper refuses it, the slow path cannot make the decider's pipe either
+    ("could not decide"), and may_be_strict() (which can still open the
+    file) finds no `strict`: the session opens unplaced, in the invoker's
+    cgroup, though nothing was wrong but the invoker's own limit.
+    With a strict line anywhere the same session is refused (HOLDS)."""
+    lab = helper_lab
+    text = f"{lab.member}  {lab.target}  plain\n{lab.loner}  -\n"
+    if policy == "a strict line":
+        text += f"{lab.strict}  vmnone  plain strict\n"
+    vrf_conf(text, path=lab.config)
+    invoker = throwaway_user()
+    mark = lab.syslog.mark()
+    code, out = tight_su(lab, su_like_stack, invoker, lab.member)
+    lines = [line for line in lab.syslog.since(mark) if f"pam_vrf({su_like_stack}:session)" in line]
+    assert "Initialization failure" not in out, out
+    opened = code == 0 and "successfully opened" in out
+    # Placed would be as good; with no pidfd it cannot be: refused is the only safe answer.
+    assert not opened, (out, lines)
+    assert any("refusing session" in line for line in lines), lines
+
+
+# -- "could not decide" and may_be_strict() --------------------------------------------
+
+@pytest.mark.parametrize("where", ["across a read boundary", "beyond 1 MiB", "in a comment only"])
+def test_a_strict_word_may_be_strict_cannot_see_still_refuses_su(recording_module, pam_service, syslog,
+                                                                   throwaway_user, vrf_conf, where):
+    """HOLDS. The decider crashed (could not decide), su-like invoker: the
+    session is refused when the policy mentions `strict`, wherever: cut by
+    the 4096-byte reads, past the 1 MiB that is scanned (a file not read
+    whole counts as strict), or in a comment (more refusals, never fewer)."""
+    path, scratch_dir = recording_module
+    set_mode(scratch_dir, "1")
+    text = {"across a read boundary": "#" * 4093 + " strict\n* vtnone plain\n",
+            "beyond 1 MiB": ("#" * 1023 + "\n") * 1025 + "* vtnone plain strict\n",
+            "in a comment only": "# no strict rules here\n* vtnone plain\n"}[where]
+    assert text.index("strict") + 6 > 4096 or where == "in a comment only"
+    config = vrf_conf(text)
+    service = pam_service(f"config={config} socket={scratch_dir}/nowhere/helper.sock", path=path)
+    invoker = throwaway_user()
+    mark = syslog.mark()
+    result = pamtester(syslog, service, "alice", like_su=invoker)
+    assert not result.opened, result
+    syslog.wait_for([f"pam_vrf({service}:session): user alice", "refusing session",
+                     f"invoked by uid {invoker.pw_uid} through su/sudo"], mark)
+
+
+# -- log escaping -------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", [
+    "ali\u061cce",              # ARABIC LETTER MARK: a bidi mark like U+200E/U+200F
+    "ali\u180ece",              # MONGOLIAN VOWEL SEPARATOR: invisible format character
+    "alice\u2000(service x)",   # EN QUAD: a space that is not ' '
+    "ali\ufff9ce",              # INTERLINEAR ANNOTATION ANCHOR
+    "alice\U000e0041",          # a tag character (invisible)
+])
+def test_the_module_escapes_what_the_helper_escapes(installed, module, pam_service, syslog, scratch, vrf_conf,
+                                                    name):
+    """LANDS. log.escape() escapes every character str.isprintable() rejects;
+    pam_vrf.so's unsafe_cp() has a list of its own that misses other bidi
+    and format characters (U+061C, U+180E, U+FFF9-FFFB, tags) and the
+    non-ASCII spaces: the same name is logged raw by the module."""
+    from pam_vrf.log import escape
+    assert name not in escape(name)                         # the helper/decider side: escaped
+    config = vrf_conf("*  vtnone  plain\n")
+    service = pam_service(f"config={config} socket={scratch}/nowhere/helper.sock debug")
+    mark = syslog.mark()
+    assert pamtester(syslog, service, name).opened
+    lines = [line for line in syslog.since(mark) if f"pam_vrf({service}:session): user " in line]
+    assert lines, syslog.since(mark)
+    odd = [c for c in name if not c.isprintable()]
+    for line in lines:
+        assert not any(c in line for c in odd), repr(line)
