@@ -72,6 +72,7 @@ class Attachments:
         # None: no egress program (state-file tools and tests of the file alone).
         self.devices = devices
         self._egress = {}               # cgroup path -> devices its guards allow
+        self._inodes = {}               # cgroup path -> its inode when this helper attached
         self._egress_fds = {}           # (vrf, devices) -> Guards
         self._counters = {}             # vrf -> drop counter map fd
         self._load_state()
@@ -84,7 +85,7 @@ class Attachments:
         (sessions sharing a cgroup without logind, or `pam-vrf exec` into a
         VRF whose cgroup a stricter login rule made).
         """
-        current = self.entries.get(path)
+        current = self._current(path)
         if current is not None and current.rule != rule and cgroup.members(path):
             raise Conflict(f"{path} holds processes placed under another rule for {vrf} "
                            f"({_rule_text(current.rule)}); not replacing it with ({_rule_text(rule)})")
@@ -95,6 +96,7 @@ class Attachments:
             if current.source != source:    # same program; the latest login's line is named
                 self.entries[path] = wanted
                 self.dirty = True
+            self._inodes.setdefault(path, _inode(path))
             self._attach_egress(path, wanted)
             return prog_id          # already in place (another login of the same session cgroup)
         # Egress first: there is no moment when the cgroup binds new sockets
@@ -102,8 +104,23 @@ class Attachments:
         self._attach_egress(path, wanted)
         programs.attach(path, prog_fd=fd)
         self.entries[path] = wanted
+        self._inodes[path] = _inode(path)
         self.dirty = True
         return prog_id
+
+    def _current(self, path):
+        """The entry for `path`, unless the cgroup was removed and made again
+        since this helper attached to it (a user@UID.service stopped after a
+        logout and started by the next login within the prune window): then
+        what it remembers is another cgroup's, programs and rule alike."""
+        current = self.entries.get(path)
+        if current is not None and path in self._inodes and self._inodes[path] != _inode(path):
+            del self.entries[path]
+            self._egress.pop(path, None)
+            self._inodes.pop(path, None)
+            self.dirty = True
+            return None
+        return current
 
     def _attach_egress(self, path, entry, check=True):
         """The guards for the entry's VRF devices on `path`. check: ask the kernel
@@ -207,6 +224,8 @@ class Attachments:
             os.close(self._fds.pop(key)[0])
         for path in [p for p in self._egress if p not in self.entries]:
             del self._egress[path]
+        for path in [p for p in self._inodes if p not in self.entries]:
+            del self._inodes[path]
         used = {(self.entries[p].vrf, allowed) for p, allowed in self._egress.items()}
         for key in [k for k in self._egress_fds if k not in used]:
             for _, fd, _ in self._egress_fds.pop(key):
@@ -288,3 +307,10 @@ def _rule_text(rule):
     words = [f"deny={','.join(rule['deny'])}"] if rule["deny"] else []
     words += [f"{k}={rule[k]}" for k in ("mark", "priority") if rule[k] is not None]
     return " ".join(words) or "bind only"
+
+
+def _inode(path):
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
