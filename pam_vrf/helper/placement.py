@@ -97,20 +97,17 @@ class Placement:
         """A non-root invoker opening a session for their own account (su to
         oneself, sudo -u self) must not loosen where they already are: the
         cgroup they are in, when a sock-create program already covers it.
-        The invoker: the real uid (su; Debian 12's sudo too), else, for a
-        client that set its real uid to 0 first, PAM_RUSER (su and sudo set
-        it to the invoking user; root daemons such as sshd set none). Not the
-        audit loginuid: pam_loginuid sets it in sshd's and login's own stack,
-        before us, and an unset one can be set by the process itself.
+        The invoker: the PAM caller's real uid (util-linux su, and sudo
+        1.9.13/1.9.16 keep it: measured). Never PAM_RUSER: a root daemon may
+        take it from the network (rshd/rlogind set the name the remote client
+        claims), and a daemon running in a VRF would then keep a session out
+        of its own, possibly strict, rule. Not the audit loginuid either:
+        pam_loginuid sets it in sshd's and login's own stack, before us, and
+        an unset one can be set by the process itself.
         Returns (cgroup or None, who)."""
-        if uid is None or uid == 0:
+        if uid is None or uid == 0 or proc.ruid != uid:
             return None, None
-        if proc.ruid == uid:
-            by = f"of uid {uid}"
-        elif proc.ruid == 0 and ruser and _uid_of(ruser) == uid:
-            by = f"by {ruser} (PAM_RUSER) as uid {uid}"
-        else:
-            return None, None
+        by = f"of uid {uid}"
         try:
             current = cgroup.cgroup_of(proc.pid)
             if cgroup.vrf_of(current) or cgroup_link.effective(cgroup.fs_path(current)):
