@@ -100,8 +100,15 @@ test: deps test-host test-vm
 test-host:
 	$(PYTHON) -m pytest -q -p no:cacheprovider --ignore=tests/vm tests
 
+# The real-VRF suite in a VM of each Debian release in SUITES, one after the
+# other (make test-vm SUITES=trixie: one); fails if any failed. The benchmarks
+# run on BENCH_SUITE only (the README's figures).
+SUITES      ?= bookworm
+BENCH_SUITE ?= bookworm
 test-vm:
-	vagrant/ci/test-vm
+	@rc=0; for s in $(SUITES); do \
+	    vagrant/ci/test-vm --suite $$s $$([ $$s = "$(BENCH_SUITE)" ] || echo --no-bench) || rc=1; \
+	done; exit $$rc
 
 demo:
 	sh tools/install-deps demo

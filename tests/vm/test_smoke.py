@@ -34,6 +34,61 @@ def run(*argv, check=True, timeout=60):
     return proc
 
 
+# What each Debian release the suite runs on brings (vagrant/ci/test-vm --suite):
+# kernel major.minor, systemd, Debian's python3.
+RELEASES = {
+    "bookworm": {"kernel": (6, 1), "systemd": 252, "python": (3, 11)},
+    "trixie": {"kernel": (6, 12), "systemd": 257, "python": (3, 13)},
+}
+SO_PEERPIDFD = 77           # Linux 6.5
+
+
+def os_release():
+    with open("/etc/os-release") as f:
+        return dict(line.rstrip("\n").split("=", 1) for line in f if "=" in line)
+
+
+def test_the_release_is_the_one_asked_for():
+    codename = os_release().get("VERSION_CODENAME", "").strip('"')
+    try:
+        with open("/etc/pam-vrf-ci-image") as f:         # the CI image (vagrant/ci/test-vm) names its suite
+            asked = dict(line.strip().split("=", 1) for line in f if "=" in line).get("suite")
+    except FileNotFoundError:                           # a Vagrant box: whatever it is
+        asked = None
+    if asked:
+        assert codename == asked, (codename, asked)
+    facts = RELEASES.get(codename)
+    if facts is None:
+        pytest.skip(f"Debian {codename!r}: no release facts to check (bookworm, trixie)")
+    kernel = tuple(int(x) for x in os.uname().release.split("-")[0].split(".")[:2])
+    systemd = int(run("systemctl", "--version").stdout.split()[1])
+    python = tuple(int(x) for x in run("/usr/bin/python3", "-c", "import sys; print(*sys.version_info[:2])")
+                   .stdout.split())
+    assert (kernel, systemd, python) == (facts["kernel"], facts["systemd"], facts["python"]), (codename, os.uname())
+
+
+def test_so_peerpidfd_is_there_from_trixie_on():
+    # 6.1 (bookworm) has no SO_PEERPIDFD: tests/vm/test_vm_pidreuse.py's premise. 6.12 (trixie)
+    # has it; the helper does not rely on it on either (pam_vrf/process.py: the pidfd the client
+    # sends, pinned to SO_PEERCRED's pid), so the pid-reuse attack runs on both.
+    import errno
+    import socket
+    codename = os_release().get("VERSION_CODENAME", "").strip('"')
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with a, b:
+        try:
+            fd = a.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
+        except OSError as e:
+            assert e.errno == errno.ENOPROTOOPT and codename == "bookworm", (codename, e)
+        else:
+            try:
+                with open(f"/proc/self/fdinfo/{fd}") as f:
+                    pid = next(int(x.split()[1]) for x in f if x.startswith("Pid:"))
+            finally:
+                os.close(fd)
+            assert pid == os.getpid() and codename != "bookworm", (codename, pid)
+
+
 def test_vrf_module_loads():
     run("modprobe", "vrf")
     assert os.path.isdir("/sys/module/vrf"), "vrf module not loaded after modprobe"

@@ -42,6 +42,22 @@ VM_MARKER = "/etc/pam-vrf-test-vm"
 vm_only = pytest.mark.skipif(not os.path.exists(VM_MARKER),
                              reason=f"not the pam-vrf test VM ({VM_MARKER} missing): see vagrant/README.md")
 
+
+def release():
+    """The VM's Debian codename (VERSION_CODENAME of /etc/os-release): bookworm, trixie."""
+    try:
+        with open("/etc/os-release") as f:
+            fields = dict(line.rstrip("\n").split("=", 1) for line in f if "=" in line)
+    except OSError:
+        return ""
+    return fields.get("VERSION_CODENAME", "").strip('"')
+
+
+def only_on(codename, why):
+    """Skip unless the VM runs Debian `codename`; `why` says what only that release has."""
+    return pytest.mark.skipif(release() != codename, reason=f"{codename} only ({why}); this VM: {release() or '?'}")
+
+
 PY = "/usr/bin/python3"
 PROBE = os.path.join(HERE, "vm_probe.py")
 RESPONDER = os.path.join(HERE, "vm_responder.py")
@@ -351,9 +367,11 @@ def pam_stack_without_pam_vrf(extra_session_lines=()):
 
 @contextlib.contextmanager
 def sshd_service(name, pam_stack, port):
-    """sshd listening on 127.0.0.1:`port` under the PAM service `name` (sshd
-    takes it from the name it is started as: a symlink NAME -> /usr/sbin/sshd),
-    whose stack is `pam_stack` (/etc/pam.d/NAME). Everything goes afterwards."""
+    """sshd listening on 127.0.0.1:`port` under the PAM service `name`, whose
+    stack is `pam_stack` (/etc/pam.d/NAME). OpenSSH 9.2 (bookworm) takes the
+    service from the name it is started as (a symlink NAME -> /usr/sbin/sshd);
+    10.0 (trixie) always says sshd unless told PAMServiceName=NAME, an option
+    9.2 refuses. Everything goes afterwards."""
     link, stack = f"/usr/local/sbin/{name}", f"/etc/pam.d/{name}"
     assert not os.path.lexists(link) and not os.path.exists(stack), f"{name} exists already"
     proc = None
@@ -361,8 +379,11 @@ def sshd_service(name, pam_stack, port):
         with open(stack, "w") as f:
             f.write(pam_stack)
         os.symlink("/usr/sbin/sshd", link)
+        service = ["-o", f"PAMServiceName={name}"]
+        if run(link, "-t", "-f", "/dev/null", *service, check=False).returncode != 0:
+            service = []
         proc = subprocess.Popen([link, "-D", "-p", str(port), "-o", "ListenAddress=127.0.0.1",
-                                 "-o", f"PidFile=/run/{name}.pid"], env={"PATH": SYSTEM_PATH, "LANG": "C.UTF-8"},
+                                 "-o", f"PidFile=/run/{name}.pid", *service], env={"PATH": SYSTEM_PATH, "LANG": "C.UTF-8"},
                                 stdin=subprocess.DEVNULL, start_new_session=True)
 
         def listening():
