@@ -21,6 +21,7 @@ held (sampled after each burst) and its CPU use (all threads, exited ones
 too: utime+stime of /proc/PID/stat over the phase).
 
     bench/bench_freeze.py [--rounds N] [--bursts N] [--nofile SOFT:HARD] [--no-install]
+                          [--helper-pythonpath DIR]
 """
 
 import argparse
@@ -45,13 +46,14 @@ def _count(path):
         return 0
 
 
-def bench(lab, rounds=3, bursts=25, nofile="1024:20000"):
+def bench(lab, rounds=3, bursts=25, nofile="1024:20000", pythonpath=None):
     run = lab.run
     login = add_user(run, "z")
     attacker = add_user(run, "x")
     config = lab.write("freeze-vrf.conf", f"{login.pw_name}  {lab.target}  plain\n")
     helper = Helper(lab, config, suffix="Z",
-                    wrap=lambda argv: ["prlimit", f"--nofile={nofile}", "--", *argv]).start()
+                    wrap=lambda argv: [*(["env", f"PYTHONPATH={pythonpath}"] if pythonpath else []),
+                                       "prlimit", f"--nofile={nofile}", "--", *argv]).start()
     base = lab.cgroup("freeze", "root")
     for i in range(CLIENTS):
         lab.cgroup("freeze", "root", f"c{i}")
@@ -131,6 +133,8 @@ def main():
     ap.add_argument("--bursts", type=int, default=25)
     ap.add_argument("--nofile", default="1024:20000", help="the helper's RLIMIT_NOFILE at start (SOFT:HARD)")
     ap.add_argument("--no-install", action="store_true")
+    ap.add_argument("--helper-pythonpath", metavar="DIR",
+                    help="run the helper's pam_vrf from DIR (a world-readable export of another commit: before/after)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_freeze: run as root")
@@ -140,7 +144,7 @@ def main():
     try:
         if not args.no_install:
             common.sh("make", "-C", common.REPO, "install")
-        r = bench(common.Lab(run), args.rounds, args.bursts, args.nofile)
+        r = bench(common.Lab(run), args.rounds, args.bursts, args.nofile, args.helper_pythonpath)
     finally:
         run.close()
     say(table(r))

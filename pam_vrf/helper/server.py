@@ -330,14 +330,17 @@ class Server:
                 self._root_first()
             self._expire()
             self._resume()
-            if time.monotonic() >= prune_at:
-                attachments.flush()         # ended sessions: forget them, unload unused programs
-                prune_at = time.monotonic() + PRUNE_EVERY
-            if flush_at is not None and time.monotonic() >= flush_at:
-                # The state file only: sweeping every session's cgroup here
-                # cost ~420 ms at 10 000 sessions, every 0.5 s of a login burst.
-                attachments.save()
-                flush_at = None
+            try:
+                if time.monotonic() >= prune_at:
+                    prune_at = time.monotonic() + PRUNE_EVERY
+                    attachments.flush()     # ended sessions: forget them, unload unused programs
+                if flush_at is not None and time.monotonic() >= flush_at:
+                    # The state file only: sweeping every session's cgroup here
+                    # cost ~420 ms at 10 000 sessions, every 0.5 s of a login burst.
+                    flush_at = None
+                    attachments.save()
+            except Exception as e:          # the old helper died here at EMFILE: log, keep serving
+                self.log.err(f"internal error (state upkeep): {type(e).__name__}: {e}")
 
     def _root_first(self):
         """Serve everything that is ready on root.sock, until nothing is."""
