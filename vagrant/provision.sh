@@ -1,5 +1,6 @@
 #!/bin/bash
-# Provision a Debian 12 machine as a pam-vrf test box. Runs as root, is
+# Provision a Debian 12 (bookworm) or 13 (trixie) machine as a pam-vrf test
+# box: the same package names on both. Runs as root, is
 # idempotent, and is shared by:
 #   - the Vagrantfile (vagrant up / vagrant provision), in a booted box, and
 #   - vagrant/ci/test-vm, inside a chroot of the CI disk image (not booted:
@@ -155,7 +156,7 @@ if [ $BOOTED = 1 ]; then
 fi
 
 # --- VRF mgmt and the lab links: systemd-networkd -------------------------
-# systemd-networkd is part of systemd, i.e. of every Debian 12 base system:
+# systemd-networkd is part of systemd, i.e. of every Debian 12 and 13 base system:
 # a VRF made this way needs no extra package (no ifupdown2), survives reboots,
 # and is what an operator would write. It only manages the links named in
 # these files, so a box that brings its NIC up with ifupdown keeps doing so.
