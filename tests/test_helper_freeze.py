@@ -7,12 +7,16 @@
                        still placed at once, strict and non-strict, under
                        systemd's default soft limit (1024, hard 20000) and
                        under a hard limit of 1024 the helper cannot raise; the
-                       helper never runs out of descriptors and says so in syslog
+                       helper never runs out of descriptors and says so in syslog;
+                       two flooding uids under a hard limit of 1024 together
+                       fill only the non-root budget
     logger at EMFILE   a Logger made before the process's descriptor table
                        filled up still gets its lines to syslog
     SIGTERM            a stop in the middle of a burst of logins: every login
                        answered "placed" is in a cgroup the state file names,
                        and every cgroup the helper attached to is named there
+    state file         one default path for the helper, the unit and
+                       `pam-vrf trace` (pam_vrf.paths)
 
 Helpers run as in production (conftest.Helper: a throwaway non-root user with
 ambient caps), here under prlimit, in a netns with a veth `plain` target.
@@ -97,17 +101,33 @@ def test_descriptor_flood_never_delays_root_logins(limited_helper, vrf_conf, sys
     """16 connections x a ping with 253 descriptors whose release blocks for
     ever, then one more such connection every 20 ms: before the fix every
     login waited 30 s and went unplaced (strict: refused)."""
+    flood_and_login(limited_helper, vrf_conf, syslog, target, sandbox_cgroup, agents, throwaway_user, nofile,
+                    strict, attackers=1)
+
+
+def test_two_users_flooding_fill_only_their_share(limited_helper, vrf_conf, syslog, target, sandbox_cgroup,
+                                                  agents, throwaway_user):
+    """Two users (setuid programs exist: one person may act as more than one
+    uid) flood at once under a hard limit of 1024: together they reach the
+    budget of all non-root clients (538 here), and root's logins still find room."""
+    flood_and_login(limited_helper, vrf_conf, syslog, target, sandbox_cgroup, agents, throwaway_user, "1024:1024",
+                    strict=True, attackers=2)
+
+
+def flood_and_login(limited_helper, vrf_conf, syslog, target, sandbox_cgroup, agents, throwaway_user, nofile,
+                    strict, attackers):
     ns, dev, _ = target
-    user, attacker = throwaway_user(), throwaway_user()
+    user, bad = throwaway_user(), [throwaway_user() for _ in range(attackers)]
     config = vrf_conf(f"{user.pw_name}  {dev}  plain{' strict' if strict else ''}\n")
     helper = limited_helper(config, nofile, netns=ns, syslog=syslog)
     pid = helper_pid(helper)
     limit = int(nofile.split(":")[1])
     mark = syslog.mark()
-    evil = spawn([PY, "-c", DESCRIPTOR_FLOOD, helper.socket, "16", "253", "6"], netns=ns, user=attacker,
-                 cwd="/", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    evil = [spawn([PY, "-c", DESCRIPTOR_FLOOD, helper.socket, "16", "253", "6"], netns=ns, user=attacker,
+                  cwd="/", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for attacker in bad]
     try:
-        assert evil.stdout.readline().strip() == "passed", evil.stderr.read()
+        for e in evil:
+            assert e.stdout.readline().strip() == "passed", e.stderr.read()
         where = f"{hierarchy(sandbox_cgroup)}/{ns}-ns/vrf/{dev}"
         problems, most = [], 0
         for _ in range(5):
@@ -116,19 +136,23 @@ def test_descriptor_flood_never_delays_root_logins(limited_helper, vrf_conf, sys
             if placed_in(reply, dev, where) or took > NORMAL:
                 problems.append(f"{took:.1f} s: {reply}")
             time.sleep(0.5)
-        assert select.select([evil.stdout], [], [], 30)[0], "the attacker did not finish"
-        counts = json.loads(evil.stdout.readline())
+        for e in evil:
+            assert select.select([e.stdout], [], [], 30)[0], "an attacker did not finish"
+            counts = json.loads(e.stdout.readline())
+            assert counts.get("sent", 0) > 16, counts
         assert not problems, (problems, helper.output()[-3000:])
-        assert counts.get("sent", 0) > 16, counts
-        # The attacker's descriptors are budgeted: the table never filled up.
+        # The attackers' descriptors are budgeted: the table never filled up.
         assert most < limit - 64, f"the helper held {most} descriptors (limit {limit})"
         assert "out of file descriptors" not in helper.output()
-        syslog.wait_for(["pam-vrf-helper[", "descriptors", f"uid {attacker.pw_uid}"], mark)
+        syslog.wait_for(["pam-vrf-helper[", "descriptors"], mark)      # one busy line a second, any uid's
+        said = [line for line in syslog.since(mark) if "descriptors" in line]
+        assert any(f"uid {b.pw_uid} " in line for line in said for b in bad), said
         assert helper.alive(), helper.output()
     finally:
-        evil.kill()
-        evil.wait()
-    # Ending the attacker frees everything it pinned; the helper serves on.
+        for e in evil:
+            e.kill()
+            e.wait()
+    # Ending the attackers frees everything they pinned; the helper serves on.
     reply, took = login(agents, ns, sandbox_cgroup, helper, user.pw_name)
     assert placed_in(reply, dev, where) is None and took < NORMAL, (reply, took)
 
