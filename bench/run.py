@@ -4,7 +4,7 @@ figures and writes the same to bench/results.md, with the date, the
 machine and the kernel's cgroup state. Run as root with Debian's
 /usr/bin/python3.
 
-    bench/run.py [--quick] [--only P1,P3,P4,FLOOD,P5] [--no-install] [--syslog-sink]
+    bench/run.py [--quick] [--only P1,P3,P4,FLOOD,FREEZE,P5] [--no-install] [--syslog-sink]
 
 Comparisons are ratios measured side by side in one run, in interleaved
 rounds (every round runs each variant once, in a shuffled order),
@@ -209,6 +209,21 @@ def p4_rows(t, r, details):
     details.append("")
 
 
+def freeze_rows(t, r, details):
+    shown = lambda d: f"{d['p50']:.1f} / {d['p99']:.1f} / {d['max']:.1f} ms"  # noqa: E731
+    for cond, label in (("quiet", "no attack"),
+                        ("attack", "while one user floods the public socket with lingering descriptors "
+                                   "(16 x 253, the first a TCP socket with SO_LINGER and unsent data)")):
+        d = r[cond]
+        t.add("FREEZE", f"root `open` on root.sock, {r['clients']} concurrent clients: p50 / p99 / max, {label}",
+              None, d["p50"], shown=shown(d),
+              note=f"n={d['n']}, {d['placed']} placed; helper fds max {d['max_fds']}, "
+                   f"threads max {d['max_threads']}, CPU {d['helper_cpu'] * 100:.0f}%")
+    details.append("## Freeze (descriptor flood)\n")
+    import bench_freeze
+    details.append(bench_freeze.table(r) + "\n")
+
+
 def flood_rows(t, r, details):
     q = r["quiet"]
     shown = lambda d: f"{d['p50']:.1f} / {d['p99']:.1f} / {d['max']:.1f} ms"  # noqa: E731
@@ -337,7 +352,7 @@ def kernel_header(ks):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer samples, 300 sessions (a smoke run, figures are noisy)")
-    ap.add_argument("--only", default="P1,P3,P4,FLOOD,P5")
+    ap.add_argument("--only", default="P1,P3,P4,FLOOD,FREEZE,P5")
     ap.add_argument("--no-install", action="store_true", help="do not run `make install` first")
     ap.add_argument("--syslog-sink", action="store_true",
                     help="where there is no /dev/log, listen there during the run so syslog datagrams "
@@ -417,6 +432,11 @@ def main():
             r = bench_flood.bench(lab, phases=2 if q else 3, bursts=2 if q else 3)
             flood_rows(table, r, details)
 
+        def freeze():
+            import bench_freeze
+            r = bench_freeze.bench(lab, rounds=2 if q else 3, bursts=10 if q else 25)
+            freeze_rows(table, r, details)
+
         def p5():
             import bench_helper
             r = bench_helper.bench(lab, sessions=300 if q else 10_000, recreations=1 if q else 3)
@@ -434,6 +454,7 @@ def main():
         stage("P3", p3)
         stage("P4", p4)
         stage("FLOOD", flood)
+        stage("FREEZE", freeze)
         stage("P5", p5)
     except KeyboardInterrupt as e:
         say(f"\nbench: interrupted ({e or 'Ctrl-C'}); cleaning up")
