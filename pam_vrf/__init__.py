@@ -8,4 +8,4 @@ The pam_python hook is stdlib-only and imports no policy engine; pyroute2 is
 for the helper alone. The C module pam_vrf.so (pam_module/) speaks protocol.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
