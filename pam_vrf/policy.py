@@ -243,16 +243,24 @@ def account(user):
     A user-name rule matches the account, not a spelling: with SSSD/AD or
     LDAP answering case-insensitively (or for 'alice@domain'), 'ALICE' is
     the account NSS calls 'alice', and so is a rule that names it that way.
+    NSS's name counts only if it leads back to the same uid: SSSD reports
+    an AD 'ADMIN' as 'admin', and with files first that name is a local
+    account's, whose rules (and groups) are not the AD account's.
     An unknown user gets no groups: only name and '*' rules can match them.
-    A failing name service is remembered: `@group` rules then cannot be
-    decided (see Undecidable), and names compare as given.
+    A failing name service is remembered: `@group` rules, and name rules
+    that could be another spelling of the same account, then cannot be
+    decided (see Undecidable).
     """
     try:
         entry = nss.user(user)
+        if entry is None:
+            return Account(user, frozenset())
+        if entry.name != user:
+            back = nss.user(entry.name)
+            if back is None or back.uid != entry.uid:
+                return Account(user, nss.gids(entry._replace(name=user)))
     except nss.NssError as e:
         return Account(user, frozenset(), str(e))
-    if entry is None:
-        return Account(user, frozenset())
     return Account(entry.name, nss.gids(entry), None, user)
 
 
@@ -261,8 +269,21 @@ def _names(who):
     return (who.user,) if who.given in (None, who.user) else (who.user, who.given)
 
 
+def _base(name):
+    """A name without letter case and the domain part of 'user@domain' or 'DOMAIN\\user'."""
+    return name.split("@", 1)[0].rsplit("\\", 1)[-1].casefold()
+
+
+def _another_spelling(rule_who, who):
+    """A name rule that a name service which failed might have matched: the
+    same name in other letter case or with a domain (what SSSD, Winbind and
+    case-insensitive LDAP accept). Aliases are not foreseen: see vrf.conf(5)."""
+    return bool(who.error) and rule_who[0] != "@" and rule_who != "*" and _base(rule_who) == _base(who.user)
+
+
 class Undecidable(Exception):
-    """A `@group` rule could not be checked because a name service failed.
+    """A `@group` rule, or a name rule that could be another spelling of the
+    account (see _another_spelling), could not be checked: a name service failed.
 
     `strict` tells whether that rule or any later one that could apply is
     strict: the caller must then refuse rather than guess.
@@ -359,6 +380,8 @@ def decide(rules, who, service=None):
             continue
         if rule.who == "*" or rule.who in names:
             return rule
+        if _another_spelling(rule.who, who):
+            raise Undecidable(rule, _strict_after(rules, index, who, names, service), who.error)
         if rule.who.startswith("@"):
             try:
                 if groups is None:
@@ -369,22 +392,28 @@ def decide(rules, who, service=None):
                 if groups.member(rule.who[1:]):
                     return rule
             except nss.NssError as e:
-                strict = any(r.strict for r in rules[index:] if _applies(r, service)
-                             and (r.who == "*" or r.who in names or r.who.startswith("@")))
-                raise Undecidable(rule, strict, str(e)) from None
+                raise Undecidable(rule, _strict_after(rules, index, who, names, service), str(e)) from None
     return None
+
+
+def _strict_after(rules, index, who, names, service):
+    """Is rules[index] or a later rule that could apply to the account strict?"""
+    return any(r.strict for r in rules[index:] if _applies(r, service) and (
+        r.who == "*" or r.who in names or r.who.startswith("@") or _another_spelling(r.who, who)))
 
 
 def _decide_indexed(rules, who, service):
     """decide() through the index: the same first match, or _WALK where only the
     walk gives the same answer (names looked up one by one, a failing NSS)."""
+    if who.error:
+        return _WALK                # the walk raises Undecidable at the right rule
     index = rules.by_who()
     positions = [p for name in _names(who) for p in index.get(name, ())] + [*index.get("*", ())]
     if rules.group_count:
         try:
             groups = GroupNames(who, rules.group_count)
         except nss.NssError:
-            return _WALK            # the walk raises Undecidable at the right rule
+            return _WALK            # a group look-up failed: as above
         if groups._names is None:
             return _WALK            # few group names: the walk asks NSS for each, in order
         for name in groups._names:

@@ -847,3 +847,85 @@ def test_a_failing_name_service_leaves_a_strict_rule_of_either_spelling_undecida
     with pytest.raises(policy.Undecidable) as e:
         policy.decide(rules, policy.Account("ALICE", frozenset(), "cannot look up user 'ALICE': EIO"), "sshd")
     assert e.value.strict
+
+
+def _fake_passwd(monkeypatch, entries, down=()):
+    """nss.user() answering from `entries` {spelling: (name, uid)}; NssError for `down`."""
+    def user(name):
+        if name in down:
+            raise nss.NssError(f"cannot look up user {name!r}: Host is down")
+        found = entries.get(name)
+        return nss.User(found[0], found[1], found[1]) if found else None
+    monkeypatch.setattr(policy.nss, "user", user)
+    monkeypatch.setattr(policy.nss, "gids", lambda entry: frozenset([entry.gid]))
+
+
+@pytest.mark.parametrize("padding", [0, policy.INDEX_ABOVE + 1])     # the walk, and the index
+def test_nss_name_counts_only_if_it_leads_back_to_the_same_uid(monkeypatch, padding):
+    """SSSD (case_sensitive=false) reports AD's ADMIN as 'admin', and files has
+    a local 'admin' (another uid): ADMIN is not admin, nor in admin's groups."""
+    text = "".join(f"pad{i}  default\n" for i in range(padding))
+    rules = policy.parse(text + "admin  default\nADMIN  vt2  plain\n*  vt1  plain strict\n", "vrf.conf")
+    _fake_passwd(monkeypatch, {"admin": ("admin", 1000), "ADMIN": ("admin", 5000), "Admin": ("admin", 5000)})
+    assert policy.account("ADMIN") == policy.Account("ADMIN", frozenset([5000]))
+    assert policy.decide(rules, "ADMIN", "sshd").where == f"vrf.conf:{padding + 2}"
+    assert policy.decide(rules, "Admin", "sshd").where == f"vrf.conf:{padding + 3}"
+    assert policy.decide(rules, "admin", "sshd").where == f"vrf.conf:{padding + 1}"
+    # Same uid both ways (SSSD alone): the NSS name is the account's.
+    _fake_passwd(monkeypatch, {"admin": ("admin", 5000), "Admin": ("admin", 5000)})
+    assert policy.decide(rules, "Admin", "sshd").where == f"vrf.conf:{padding + 1}"
+    # The way back fails: undecided like any NSS failure.
+    _fake_passwd(monkeypatch, {"Admin": ("admin", 5000)}, down={"admin"})
+    assert policy.account("Admin").error
+
+
+@pytest.mark.parametrize("padding", [0, policy.INDEX_ABOVE + 1])
+@pytest.mark.parametrize("given", ["ALICE", "Alice", "alice@ad.example", "AD\\alice", "ALICE@AD"])
+def test_nss_down_leaves_a_name_rule_of_another_spelling_undecidable(monkeypatch, given, padding):
+    text = "".join(f"pad{i}  default\n" for i in range(padding))
+    _fake_passwd(monkeypatch, {}, down={given})
+    rules = policy.parse(text + "bob  vt3  plain\nalice  vt1  plain strict\n*  -\n", "vrf.conf")
+    with pytest.raises(policy.Undecidable) as e:
+        policy.decide(rules, given, "sshd")
+    assert e.value.rule.line == padding + 2 and e.value.strict
+    # Not strict when neither it nor a later rule that could apply is.
+    rules = policy.parse(text + "Alice@Ad.Example  vt1  plain\n*  -\nalice vt2 strict services=login\n")
+    with pytest.raises(policy.Undecidable) as e:
+        policy.decide(rules, given, "sshd")
+    assert e.value.rule.line == padding + 1 and not e.value.strict
+    # A name that is no spelling of the account, and the exact spelling, are decided.
+    assert policy.decide(rules, "carol", "sshd").who == "*"
+    assert policy.decide(policy.parse(f"{given} vt4 plain\nalice vt1 strict\n"), given, "sshd").target == "vt4"
+
+
+def test_indexed_decisions_equal_the_walk_for_other_spellings_and_a_failing_nss(monkeypatch):
+    """The index gives the walk's answer, Undecidable included (same rule, same
+    strictness), for spellings NSS resolves, shadows or cannot look up."""
+    import random
+    rng = random.Random(14)
+    _fake_passwd(monkeypatch, {"alice": ("alice", 1000), "ALICE": ("alice", 1000), "admin": ("admin", 1001),
+                               "ADMIN": ("admin", 5000)}, down={"Alice", "alice@ad", "AD\\ALICE", "Bob"})
+    whos = ["alice", "ALICE", "Alice", "alice@ad", "AD\\alice", "admin", "ADMIN", "bob", "Bob", "carol", "*",
+            "@pvtnosuchgroup1", "@pvtnosuchgroup2"]
+    users = ["alice", "ALICE", "Alice", "alice@ad", "AD\\ALICE", "admin", "ADMIN", "Bob", "carol"]
+
+    def outcome(rules, user, service):
+        try:
+            rule = policy.decide(rules, user, service)
+            return rule and rule.line
+        except policy.Undecidable as e:
+            return ("undecidable", e.rule.line, e.strict)
+    for round_ in range(8):
+        pick = whos if round_ % 2 else whos[:-2]        # without groups too: the index is used then
+        lines = [f"{rng.choice(pick) if rng.random() < 0.98 else '*'} vrf{i % 97}"
+                 f"{' strict' if rng.random() < 0.1 else ''}"
+                 f"{' services=' + rng.choice(['sshd', 'login']) if rng.random() < 0.3 else ''}"
+                 for i in range(policy.INDEX_ABOVE + rng.randrange(50, 300))]
+        rules = policy.parse("\n".join(lines) + "\n", "vrf.conf")
+        for user in users:
+            for service in ("sshd", "login", policy.ANY_SERVICE):
+                indexed = outcome(rules, user, service)
+                monkeypatch.setattr(policy, "INDEX_ABOVE", 10 ** 9)
+                walked = outcome(rules, user, service)
+                monkeypatch.setattr(policy, "INDEX_ABOVE", 256)
+                assert indexed == walked, (round_, user, service, indexed, walked)
