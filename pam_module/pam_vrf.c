@@ -10,6 +10,8 @@
  * not guess: it runs the offline decider (python3 -I -m pam_vrf.offline),
  * which refuses the session only under a strict rule. Anything broken on
  * that path returns PAM_IGNORE, so a bad install never locks anyone out.
+ * Under su/sudo for a non-root invoker, who sets our limits and may stop
+ * us, a helper that runs but gave no verdict refuses (not_answered).
  *
  * No global mutable state (callers may be multi-threaded); fixed buffers on
  * the stack, so there is nothing to free.
@@ -94,29 +96,31 @@ static int utf8_valid(const char *s, size_t n)
     return 1;
 }
 
-/* What a log reader's terminal or viewer would act on: C0 and C1 controls
- * (U+009B is CSI, U+0085 NEL), DEL, the line and paragraph separators, the
- * bidirectional marks and overrides (they reorder what is shown) and the
- * invisible format characters (a name that looks like another). */
-static int unsafe_cp(unsigned int c)
-{
-    return c < 0x20 || (c >= 0x7f && c <= 0xa0) || c == 0xad || (c >= 0x200b && c <= 0x200f)
-        || (c >= 0x2028 && c <= 0x202e) || (c >= 0x2060 && c <= 0x206f) || c == 0xfeff;
-}
-
-/* A copy of s fit for a log line: each unsafe character and each byte of
- * invalid UTF-8 becomes '?'; truncated at a character boundary. */
+/* A copy of s fit for a log line: printable ASCII as it is, C0 controls,
+ * DEL and each byte of invalid UTF-8 as '?', every other character as
+ * \uNNNN or \UNNNNNNNN (the helper's spelling, pam_vrf.log.escape). Not only
+ * what a terminal acts on (C1 controls: U+009B is CSI) but every bidi mark,
+ * invisible format character and odd space (a name that looks like another):
+ * no list of ours can follow Unicode, and Python's str.isprintable(), which
+ * the helper uses, knows more than C does. Truncated at a character boundary. */
+#define PRINTABLE_MAX(n) (3 * (n) + 1)      /* 2 bytes become 6 characters at most */
 static const char *printable(char *dst, size_t size, const char *s)
 {
-    size_t n = s ? strlen(s) : 0, i = 0, o = 0, k;
+    size_t n = s ? strlen(s) : 0, i = 0, o = 0, k, w;
     const unsigned char *u = (const unsigned char *)s;
     unsigned int cp;
+    char one[12];
 
     while (i < n) {
         k = utf8_seq(u + i, n - i, &cp);
-        if (o + (k ? k : 1) >= size) break;
-        if (k && !unsafe_cp(cp)) { memcpy(dst + o, s + i, k); o += k; i += k; }
-        else { dst[o++] = '?'; i += k ? k : 1; }
+        if (k == 1 && cp >= 0x20 && cp != 0x7f) one[0] = (char)cp, w = 1;
+        else if (k > 1 && cp < 0x10000) w = (size_t)snprintf(one, sizeof(one), "\\u%04x", cp);
+        else if (k > 1) w = (size_t)snprintf(one, sizeof(one), "\\U%08x", cp);
+        else one[0] = '?', w = 1;
+        if (o + w >= size) break;
+        memcpy(dst + o, one, w);
+        o += w;
+        i += k ? k : 1;
     }
     dst[o] = '\0';
     return dst;
@@ -330,49 +334,44 @@ static void describe_error(char *why, size_t size, int err, const char *path)
 
 /* The request goes with a pidfd of this process (SCM_RIGHTS): the helper
  * pins the process it moves by it, so a reused pid is never moved instead. */
-static ssize_t send_request(int fd, const char *request)
+static ssize_t send_request(int fd, const char *request, int pidfd)
 {
     union { struct cmsghdr align; char buf[CMSG_SPACE(sizeof(int))]; } control;
     struct iovec iov = { (void *)request, strlen(request) };
-    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
-    int pidfd = (int)syscall(SYS_pidfd_open, getpid(), 0), saved;
-    ssize_t n;
+    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1,
+                          .msg_control = control.buf, .msg_controllen = sizeof(control.buf) };
+    struct cmsghdr *c;
 
-    if (pidfd >= 0) {           /* without one the helper refuses: the slow path */
-        struct cmsghdr *c;
-        memset(&control, 0, sizeof(control));
-        msg.msg_control = control.buf;
-        msg.msg_controllen = sizeof(control.buf);
-        c = CMSG_FIRSTHDR(&msg);
-        c->cmsg_level = SOL_SOCKET;
-        c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN(sizeof(int));
-        memcpy(CMSG_DATA(c), &pidfd, sizeof(int));
-    }
-    n = sendmsg(fd, &msg, MSG_NOSIGNAL);
-    saved = errno;
-    if (pidfd >= 0) close(pidfd);
-    errno = saved;
-    return n;
+    memset(&control, 0, sizeof(control));
+    c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &pidfd, sizeof(int));
+    return sendmsg(fd, &msg, MSG_NOSIGNAL);
 }
 
-/* One request, one reply. Returns the reply length, or -1 with why set. */
+/* One request, one reply. Returns the reply length, or -1 with why set and
+ * *absent true when the helper is not running (no socket, nobody listening):
+ * any other failure happened with the helper there. */
 static ssize_t ask_helper(const char *socket_path, const char *request, char *reply, size_t size,
-                          char *why, size_t why_size)
+                          char *why, size_t why_size, int *absent)
 {
     struct sockaddr_un addr = { .sun_family = AF_UNIX };
     const char *slash = strrchr(socket_path, '/');
     struct timespec deadline = deadline_in(LOGIN_TIMEOUT);
     ssize_t n = -1;
-    int fd, rc;
+    int fd, rc, pidfd = -1, saved;
+    char text[128];
 
     /* root.sock lives beside socket= (protocol.root_socket): "/a/b" -> "/a/root.sock" */
     if (!slash) rc = snprintf(addr.sun_path, sizeof(addr.sun_path), "./" ROOT_SOCKET);
     else rc = snprintf(addr.sun_path, sizeof(addr.sun_path), "%.*s/" ROOT_SOCKET,
                        (int)(slash - socket_path), socket_path);
+    *absent = 0;
     if (rc < 0 || (size_t)rc >= sizeof(addr.sun_path)) {
         snprintf(why, why_size, "socket path too long: %s", socket_path);
-        return -1;
+        return *absent = 1, -1;         /* no helper can listen there */
     }
     if ((fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0)) < 0) {
         describe_error(why, why_size, errno, addr.sun_path);
@@ -381,9 +380,19 @@ static ssize_t ask_helper(const char *socket_path, const char *request, char *re
     do rc = arm_timeouts(fd, &deadline) < 0 ? (errno = ETIMEDOUT, -1)
             : connect(fd, (struct sockaddr *)&addr, sizeof(addr));
     while (rc < 0 && errno == EINTR);
+    if (rc < 0) *absent = errno == ENOENT || errno == ECONNREFUSED;
+    /* Never a request without a pidfd: the helper could not tell who asks. */
+    if (rc == 0 && (pidfd = (int)syscall(SYS_pidfd_open, getpid(), 0)) < 0) {
+        snprintf(why, why_size, "cannot open a pidfd of this process: %s", strerror_r(errno, text, sizeof(text)));
+        close(fd);
+        return -1;
+    }
     if (rc == 0) {
-        do n = arm_timeouts(fd, &deadline) < 0 ? (errno = ETIMEDOUT, -1) : send_request(fd, request);
+        do n = arm_timeouts(fd, &deadline) < 0 ? (errno = ETIMEDOUT, -1) : send_request(fd, request, pidfd);
         while (n < 0 && errno == EINTR);
+        saved = errno;
+        close(pidfd);
+        errno = saved;
     }
     /* EPIPE: the helper may have answered (busy) and closed first; read why. */
     if (rc == 0 && (n >= 0 || errno == EPIPE || errno == ECONNRESET)) {
@@ -575,7 +584,7 @@ static const char *invoker(pam_handle_t *pamh, char *buf, size_t size)
 static int slow_path(pam_handle_t *pamh, const char *user, const char *service,
                      const struct options *o, const char *who, const char *reason)
 {
-    char safe_reason[512], by[MAX_USER + 8];
+    char safe_reason[512], by[PRINTABLE_MAX(MAX_USER)];
     int rc;
 
     /* The reason becomes an argument and a log line of the decider. */
@@ -597,6 +606,23 @@ static int slow_path(pam_handle_t *pamh, const char *user, const char *service,
     return PAM_IGNORE;
 }
 
+/* The helper runs but gave no verdict. Under su/sudo for a non-root invoker
+ * that may be the invoker's doing: a file limit that makes pidfd_open() fail,
+ * a memory limit on its cgroup that fails the kernel's allocations, su stopped
+ * (SIGSTOP) until the helper gave up on the request or our deadline passed.
+ * The session would then open unplaced by the invoker's choice: refused.
+ * Root's own logins take the slow path (only a strict rule refuses). */
+static int not_answered(pam_handle_t *pamh, const char *user, const char *service,
+                        const struct options *o, const char *who, const char *reason)
+{
+    char safe_reason[512], by[PRINTABLE_MAX(MAX_USER)];
+
+    if (!invoker(pamh, by, sizeof(by))) return slow_path(pamh, user, service, o, who, reason);
+    pam_syslog(pamh, LOG_ERR, "%s: refusing session: %s, with the helper running (invoked by %s through "
+               "su/sudo, who may have caused it)", who, printable(safe_reason, sizeof(safe_reason), reason), by);
+    return PAM_SESSION_ERR;
+}
+
 /* A name the kernel could accept for a device: what PAM_VRF may carry. */
 static int ifname_ok(const char *s)
 {
@@ -610,18 +636,17 @@ static int ifname_ok(const char *s)
     return 1;
 }
 
-PUBLIC int pam_sm_open_session(pam_handle_t *pamh, int flags, int argc, const char **argv)
+static int open_session(pam_handle_t *pamh, int argc, const char **argv)
 {
     struct options o = { NULL, DEFAULT_SOCKET, 0 };
     const void *item;
     const char *user, *service = NULL, *tty = NULL, *rhost = NULL, *ruser = NULL, *verdict;
-    char request[MAX_MESSAGE + 1], reply_buf[MAX_MESSAGE + 2], why[600], who[600];
-    char u_safe[MAX_USER + 8], s_safe[128], a_safe[256], v_safe[64], r_safe[256], e_safe[512];
+    char u_safe[PRINTABLE_MAX(MAX_USER)], s_safe[128], a_safe[256], v_safe[64], r_safe[256], e_safe[512];
+    char request[MAX_MESSAGE + 1], reply_buf[MAX_MESSAGE + 2], why[600], who[sizeof(u_safe) + sizeof(s_safe) + 32];
     struct reply r;
     ssize_t n;
-    int i;
+    int i, absent;
 
-    (void)flags;
     for (i = 0; i < argc; i++) {
         /* a relative path would name a file in the caller's working directory (su: the user's) */
         if ((!strncmp(argv[i], "config=", 7) || !strncmp(argv[i], "socket=", 7)) && argv[i][7] != '/')
@@ -647,16 +672,17 @@ PUBLIC int pam_sm_open_session(pam_handle_t *pamh, int flags, int argc, const ch
     if (encode_request(request, sizeof(request), user, service, tty, rhost, ruser) < 0)
         return slow_path(pamh, user, service, &o, who,
                          "cannot encode the request (not UTF-8, or a user name over 256 bytes)");
-    n = ask_helper(o.socket, request, reply_buf, MAX_MESSAGE + 1, why, sizeof(why));
-    if (n < 0) return slow_path(pamh, user, service, &o, who, why);
+    n = ask_helper(o.socket, request, reply_buf, MAX_MESSAGE + 1, why, sizeof(why), &absent);
+    if (n < 0 && absent) return slow_path(pamh, user, service, &o, who, why);
+    if (n < 0) return not_answered(pamh, user, service, &o, who, why);
     if (parse_reply(reply_buf, (size_t)n, &r) < 0)
-        return slow_path(pamh, user, service, &o, who, "bad reply from helper: not a flat JSON object");
+        return not_answered(pamh, user, service, &o, who, "bad reply from helper: not a flat JSON object");
     if (r.version != 2)
-        return slow_path(pamh, user, service, &o, who, "bad reply from helper: protocol version is not 2");
+        return not_answered(pamh, user, service, &o, who, "bad reply from helper: protocol version is not 2");
     printable(e_safe, sizeof(e_safe), r.error ? r.error : "no reason given");
-    if (!r.ok) {
+    if (!r.ok) {        /* "request not received in time": su stopped after connecting */
         snprintf(why, sizeof(why), "helper failed: %s", e_safe);
-        return slow_path(pamh, user, service, &o, who, why);
+        return not_answered(pamh, user, service, &o, who, why);
     }
     verdict = r.verdict ? r.verdict : "(none)";
     printable(v_safe, sizeof(v_safe), r.vrf ? r.vrf : "-");
@@ -683,7 +709,35 @@ PUBLIC int pam_sm_open_session(pam_handle_t *pamh, int flags, int argc, const ch
         return PAM_SESSION_ERR;
     }
     snprintf(why, sizeof(why), "bad reply from helper: verdict '%s'", printable(a_safe, sizeof(a_safe), verdict));
-    return slow_path(pamh, user, service, &o, who, why);
+    return not_answered(pamh, user, service, &o, who, why);
+}
+
+/* Under su/sudo the invoking user chose our file limit: a soft limit just
+ * above what is open makes pidfd_open() or the decider's pipe fail. The soft
+ * limit may rise to the hard one without privilege, and root (with
+ * CAP_SYS_RESOURCE) may lift a hard limit that leaves no room. The caller's
+ * limit is put back before we return: the session inherits it. */
+#define FILES_ROOM 16
+static int lift_file_limit(struct rlimit *saved)
+{
+    struct rlimit want;
+
+    if (getrlimit(RLIMIT_NOFILE, saved) < 0 || saved->rlim_max == RLIM_INFINITY) return 0;
+    want.rlim_cur = want.rlim_max = saved->rlim_cur + FILES_ROOM;
+    if (saved->rlim_max < want.rlim_max && setrlimit(RLIMIT_NOFILE, &want) == 0) return 1;
+    want.rlim_cur = want.rlim_max = saved->rlim_max;
+    return saved->rlim_cur < saved->rlim_max && setrlimit(RLIMIT_NOFILE, &want) == 0;
+}
+
+PUBLIC int pam_sm_open_session(pam_handle_t *pamh, int flags, int argc, const char **argv)
+{
+    struct rlimit saved;
+    int lifted = lift_file_limit(&saved), rc;
+
+    (void)flags;
+    rc = open_session(pamh, argc, argv);
+    if (lifted) setrlimit(RLIMIT_NOFILE, &saved);
+    return rc;
 }
 
 PUBLIC int pam_sm_close_session(pam_handle_t *pamh, int flags, int argc, const char **argv)

@@ -177,14 +177,21 @@ def test_a_numeric_or_padded_spelling_reaches_no_earlier_rule(case_insensitive_n
 # -- the invoker's file table ------------------------------------------------------
 
 # su/sudo as a hostile invoker starts them: real ids the user's, effective 0,
-# and a soft file limit of 5 (the hard one untouched: the shell su starts
-# can raise it again). pam_start needs two descriptors at once and gets
-# them; in the session stage pam_unix has opened syslog's socket (fd 3, kept,
-# as in every common-session), so pam_vrf.so's socket() gets fd 4, the last.
+# and a soft file limit of 5 (the hard one untouched, or 5 too: argv[3]).
+# pam_start needs two descriptors at once and gets them; in the session
+# stage pam_unix has opened syslog's socket (fd 3, kept, as in every
+# common-session), so pam_vrf.so's socket() gets fd 4, the last.
 TIGHT_SU = ("import os, resource, sys; uid, gid = int(sys.argv[1]), int(sys.argv[2]); "
-            "hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]; "
+            "hard = int(sys.argv[3]) or resource.getrlimit(resource.RLIMIT_NOFILE)[1]; "
             "resource.setrlimit(resource.RLIMIT_NOFILE, (5, hard)); os.setgroups([gid]); "
-            "os.setresgid(gid, 0, 0); os.setresuid(uid, 0, 0); os.execv(sys.argv[3], sys.argv[4:])")
+            "os.setresgid(gid, 0, 0); os.setresuid(uid, 0, 0); os.execv(sys.argv[4], sys.argv[5:])")
+
+
+def root_may_raise_hard_limits():
+    """CAP_SYS_RESOURCE in the bounding set: what su's root may do (this sandbox lacks it)."""
+    with open("/proc/self/status") as f:
+        bounding = next(int(line.split()[1], 16) for line in f if line.startswith("CapBnd:"))
+    return bool(bounding & (1 << 24))
 
 
 @pytest.fixture
@@ -203,8 +210,8 @@ def su_like_stack(helper_lab, module):
         os.unlink(path)
 
 
-def tight_su(lab, service, invoker, user):
-    argv = lab.syslog.wrap([PY, "-I", "-c", TIGHT_SU, str(invoker.pw_uid), str(invoker.pw_gid),
+def tight_su(lab, service, invoker, user, hard=0, prefix=()):
+    argv = lab.syslog.wrap([*prefix, PY, "-I", "-c", TIGHT_SU, str(invoker.pw_uid), str(invoker.pw_gid), str(hard),
                             shutil.which("pamtester"), "pamtester", "-v", service, user, "open_session"])
     proc = spawn(argv, netns=lab.ns, cgroup_dir=lab.sandbox, env={"PATH": SYSTEM_PATH}, cwd="/",
                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -212,18 +219,23 @@ def tight_su(lab, service, invoker, user):
     return proc.returncode, out
 
 
+@pytest.mark.parametrize("limit", ["soft", "soft and hard"])
 @pytest.mark.parametrize("policy", ["no strict anywhere", "a strict line"])
 def test_an_invokers_file_limit_does_not_unplace_a_su_session(helper_lab, su_like_stack, vrf_conf, throwaway_user,
-                                                              policy):
-    """LANDS where the policy has no strict line. The helper is up and would
+                                                              policy, limit):
+    """LANDED where the policy has no strict line. The helper is up and would
     place the account (a non-strict rule). The invoker of su lowers
     RLIMIT_NOFILE so that pam_vrf.so's socket() still works but its
-    pidfd_open() fails (EMFILE): the request goes without a pidfd, the
-    helper refuses it, the slow path cannot make the decider's pipe either
-    ("could not decide"), and may_be_strict() (which can still open the
-    file) finds no `strict`: the session opens unplaced, in the invoker's
-    cgroup, though nothing was wrong but the invoker's own limit.
-    With a strict line anywhere the same session is refused (HOLDS)."""
+    pidfd_open() fails (EMFILE): the request went without a pidfd, the
+    helper refused it, the slow path could not make the decider's pipe
+    either ("could not decide"), and may_be_strict() (which can still open
+    the file) found no `strict`: the session opened unplaced, in the
+    invoker's cgroup, though nothing was wrong but the invoker's own limit.
+    With a strict line anywhere the same session was refused (HELD).
+    Now the module raises its soft limit to the hard one for its own work
+    (placed), and where the invoker lowered the hard limit too and root may
+    not raise it (no CAP_SYS_RESOURCE, as in this sandbox) it sends no request
+    without a pidfd and refuses: the helper runs, the invoker is not root."""
     lab = helper_lab
     text = f"{lab.member}  {lab.target}  plain\n{lab.loner}  -\n"
     if policy == "a strict line":
@@ -231,13 +243,54 @@ def test_an_invokers_file_limit_does_not_unplace_a_su_session(helper_lab, su_lik
     vrf_conf(text, path=lab.config)
     invoker = throwaway_user()
     mark = lab.syslog.mark()
-    code, out = tight_su(lab, su_like_stack, invoker, lab.member)
+    code, out = tight_su(lab, su_like_stack, invoker, lab.member, hard=5 if limit == "soft and hard" else 0)
     lines = [line for line in lab.syslog.since(mark) if f"pam_vrf({su_like_stack}:session)" in line]
     assert "Initialization failure" not in out, out
     opened = code == 0 and "successfully opened" in out
-    # Placed would be as good; with no pidfd it cannot be: refused is the only safe answer.
-    assert not opened, (out, lines)
-    assert any("refusing session" in line for line in lines), lines
+    if limit == "soft" or root_may_raise_hard_limits():
+        assert opened, (out, lines)
+        assert any(f"placed in VRF {lab.target}" in line for line in lines), lines
+    else:
+        assert not opened, (out, lines)
+        lab.syslog.wait_for([f"pam_vrf({su_like_stack}:session): user {lab.member} ", "refusing session",
+                             "cannot open a pidfd of this process: Too many open files", "with the helper running",
+                             f"invoked by uid {invoker.pw_uid} through su/sudo"], mark)
+    assert not any("unplaced" in line for line in lines), lines
+
+
+@pytest.mark.parametrize("caller", ["su", "root daemon"])
+def test_su_stopped_between_connect_and_send_does_not_open_unplaced(helper_lab, su_like_stack, vrf_conf,
+                                                                    throwaway_user, caller):
+    """LANDED. The invoker stops su (SIGSTOP: su's real uid is the invoker's)
+    after pam_vrf.so connected and before it sent the request; the helper
+    gives up on the connection after a second ("request not received in
+    time") and, resumed, the module took that for a helper failure: the slow
+    path let the non-strict session open unplaced. Here strace holds the
+    module's sendmsg() for 2 s (a stopped process, to the helper). Now su is
+    refused; a root daemon's login (no invoker) still takes the slow path."""
+    lab = helper_lab
+    vrf_conf(f"{lab.member}  {lab.target}  plain\n", path=lab.config)
+    invoker = throwaway_user()
+    hold = ["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=sendmsg", "-e", "inject=sendmsg:delay_enter=2000000"]
+    mark = lab.syslog.mark()
+    if caller == "su":
+        code, out = tight_su(lab, su_like_stack, invoker, lab.member, prefix=hold)
+    else:
+        argv = lab.syslog.wrap([*hold, "pamtester", "-v", su_like_stack, lab.member, "open_session"])
+        proc = spawn(argv, netns=lab.ns, cgroup_dir=lab.sandbox, env={"PATH": SYSTEM_PATH}, cwd="/",
+                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        out, _ = proc.communicate(timeout=120)
+        code = proc.returncode
+    opened = code == 0 and "successfully opened" in out
+    if caller == "su":
+        assert not opened, out
+        lab.syslog.wait_for([f"pam_vrf({su_like_stack}:session): user {lab.member} ", "refusing session",
+                             "request not received in time", f"invoked by uid {invoker.pw_uid} through su/sudo"],
+                            mark)
+    else:
+        assert opened, out
+        lab.syslog.wait_for(["pam_vrf[", f"user {lab.member} ", "left unplaced", "request not received in time"],
+                            mark)
 
 
 # -- "could not decide" and may_be_strict() --------------------------------------------

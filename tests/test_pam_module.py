@@ -475,7 +475,7 @@ HOSTILE = {
     "ok not boolean": (b'{"v":2,"ok":1,"verdict":"alone"}', "not a flat JSON object"),
     "old version": (b'{"v":1,"ok":true,"verdict":"alone"}', "protocol version is not 2"),
     "ok false": (b'{"v":2,"ok":false,"error":"no \\u00e9\\ud83d\\ude00\\u001b"}',
-                 "helper failed: no \u00e9\U0001f600?"),             # escapes decoded, controls not logged
+                 "helper failed: no \\u00e9\\U0001f600?"),           # decoded, logged as escapes and '?'
     "unknown verdict": (b'{"v":2,"ok":true,"verdict":"maybe"}', "bad reply from helper: verdict 'maybe'"),
     "no verdict": (b'{"v":2,"ok":true}', "bad reply from helper: verdict '(none)'"),
     "oversized": (b'{"v":2,"ok":true,"verdict":"alone","pad":"' + b"x" * 5000 + b'"}', "larger than 4096 bytes"),
@@ -697,6 +697,25 @@ def test_real_helper_stopped_for_a_while_is_waited_for(helper_lab):
         timer.join()
         os.kill(lab.helper.proc.pid, signal.SIGCONT)
     assert got["rc"] == 0 and got["dev"] == lab.target and got["env"] == lab.target, got
+
+
+LIMIT_DRIVER = "import resource\nresource.setrlimit(resource.RLIMIT_NOFILE, (40, 4000))\n" + OPEN_SESSION + \
+    "print(json.dumps({'rc': rc, 'files': resource.getrlimit(resource.RLIMIT_NOFILE)}))\n"
+
+
+@pytest.mark.parametrize("helper", ["running", "absent"])
+def test_the_module_gives_the_session_back_the_callers_file_limit(helper_lab, pam_service, helper):
+    """The module lifts its soft file limit to the hard one for its own work
+    (an invoker's tight limit must not fail pidfd_open or the decider's pipe)
+    and puts the caller's back: the session's processes inherit it."""
+    lab = helper_lab
+    service = lab.service if helper == "running" else \
+        pam_service(f"config={lab.config} socket=/nonexistent/pvt/helper.sock debug")
+    proc = spawn([PY, "-c", LIMIT_DRIVER, service, lab.member], netns=lab.ns, cgroup_dir=lab.sandbox,
+                 env={"PATH": SYSTEM_PATH}, cwd="/", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert json.loads(out) == {"rc": 0, "files": [40, 4000]}, out
 
 
 # Like su invoked by a hostile user: a tiny address space and file table, an
