@@ -237,7 +237,7 @@ def _u32(seen, key, fail):
 Account = namedtuple("Account", ["user", "gids", "error", "given"], defaults=[None, None])
 
 
-def account(user):
+def account(user, uid=None):
     """Look up a user's name, primary and supplementary groups through NSS.
 
     A user-name rule matches the account, not a spelling: with SSSD/AD or
@@ -250,9 +250,15 @@ def account(user):
     A failing name service is remembered: `@group` rules, and name rules
     that could be another spelling of the same account, then cannot be
     decided (see Undecidable).
+    With `uid` (pam-vrf exec: the name getpwuid gave the requester), a name
+    that is another account's matches nothing and leaves group rules
+    undecidable: only a `*` rule above them can apply.
     """
     try:
         entry = nss.user(user)
+        if uid is not None and (entry is None or entry.uid != uid):
+            return Account("", frozenset(), f"uid {uid} is known as {user!r}, which names "
+                           f"{'no account' if entry is None else f'uid {entry.uid}'}")
         if entry is None:
             return Account(user, frozenset())
         if entry.name != user:

@@ -14,12 +14,16 @@ import subprocess
 
 import pytest
 
+import testlab
+
 from conftest import PY, spawn, uid_tag
+from helper_attacks import Agent
 from nsslab import in_namespace, nss_module
 from test_pam_module import (SYSTEM_PATH, helper_lab, module, pam_service,  # noqa: F401 (fixtures)
                              pamtester, recording_module, scratch, set_mode)
 from test_nss_spelling import NSS_CI_C, case_insensitive_nss  # noqa: F401 (fixture)
 from test_sudo_self import drive, sudo_lab  # noqa: F401 (fixture)
+from test_helper import NsswitchHelper, veth
 
 
 # -- PAM_RUSER from a root daemon -------------------------------------------------
@@ -138,6 +142,54 @@ def test_another_account_reported_under_a_local_name_does_not_get_its_rule(shado
     proc = subprocess.run(argv, env={"PATH": SYSTEM_PATH}, cwd="/", capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and "successfully opened" not in proc.stdout + proc.stderr, proc
     syslog.wait_for(["pam_vrf[", f"refusing session of user {upper} ", f"strict rule {config}:2"], mark)
+
+
+# The directory knows a uid under a local account's name (SSSD reports AD's
+# ADMIN as `admin`; a local `admin` exists): getpwuid answers with the name,
+# getpwnam of that name is files' local account.
+_BY_NAME = "_getpwnam_r(const char *name,"
+assert _BY_NAME in NSS_CI_C
+NSS_UID_SHADOW_C = NSS_CI_C.replace(_BY_NAME, "_getpwuid_r(uid_t uid,").replace(_CI_MATCH, "    if (uid != @UID@)\n")
+
+
+def test_another_account_reported_under_a_local_name_does_not_get_its_exec_permission(
+        throwaway_user, vrf_conf, syslog, netns, sandbox_cgroup, installed):
+    """LANDED (found beside the one above, on 7c04dac). `pam-vrf exec` took the
+    requester's rule by name: the helper names the uid with getpwuid and
+    decided for that name, which getpwnam gives to the local account. A
+    directory account that NSS reports under a local account's name got the
+    local account's exec= list (placed in its VRF). Now a name that leads to
+    another uid matches no name rule (and leaves group rules undecidable)."""
+    local, other, helper_user = throwaway_user(), throwaway_user(), throwaway_user()
+    ns = netns()
+    dev = f"pvt{uid_tag()}"
+    veth(ns, dev)
+    name = f"pvtus{uid_tag()}"
+    source = (NSS_UID_SHADOW_C.replace("@MOD@", name).replace("@CANON@", local.pw_name)
+              .replace("@UID@", str(other.pw_uid)).replace("@GID@", str(other.pw_gid)))
+    config = vrf_conf(f"{local.pw_name}  -  plain exec={dev}\n*  -\n")
+    with nss_module(source, name, "passwd") as nsswitch:
+        with open(nsswitch) as f:         # the directory first for this uid (files also has it here)
+            text = f.read().replace(f"passwd: files {name}", f"passwd: {name} files")
+        with open(nsswitch, "w") as f:
+            f.write(text)
+        workdir = testlab.helper_dir(None, helper_user)
+        helper = NsswitchHelper(helper_user, workdir, config, ns, syslog, nsswitch=nsswitch)
+        agents = []
+        try:
+            helper.start()
+            for who in (local, other):
+                agents.append(Agent(who, ns, sandbox_cgroup, (), ()))
+            own = agents[0]("client", socket=helper.socket, msg={"op": "place", "vrf": dev})
+            assert own["reply"].get("ok"), (own, helper.output())           # control: the local account may
+            got = agents[1]("client", socket=helper.socket, msg={"op": "place", "vrf": dev})
+            assert not got["reply"].get("ok") and "may not enter" in got["reply"].get("error", ""), \
+                (got, helper.output())
+        finally:
+            for agent in agents:
+                agent.close()
+            helper.stop()
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture

@@ -877,6 +877,14 @@ def test_nss_name_counts_only_if_it_leads_back_to_the_same_uid(monkeypatch, padd
     # The way back fails: undecided like any NSS failure.
     _fake_passwd(monkeypatch, {"Admin": ("admin", 5000)}, down={"admin"})
     assert policy.account("Admin").error
+    # pam-vrf exec: getpwuid named uid 5000 'admin', which is uid 1000's name.
+    _fake_passwd(monkeypatch, {"admin": ("admin", 1000)})
+    assert policy.account("admin", 1000) == policy.Account("admin", frozenset([1000]), None, "admin")
+    shadowed = policy.account("admin", 5000)
+    assert shadowed.error and "uid 1000" in shadowed.error
+    assert policy.decide(rules, shadowed, policy.ANY_SERVICE).where == f"vrf.conf:{padding + 3}"
+    with pytest.raises(policy.Undecidable):
+        policy.decide(policy.parse("admin x exec=x\n@wheel y\n* z\n"), shadowed, policy.ANY_SERVICE)
 
 
 @pytest.mark.parametrize("padding", [0, policy.INDEX_ABOVE + 1])

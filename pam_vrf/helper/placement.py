@@ -180,13 +180,15 @@ class Placement:
         """Bind what the user's systemd manager starts (systemd-run --user,
         socket units) with `rule`: it runs outside the session's scope. None
         where there is none (no logind, no placing rule). starting: the caller
-        is the manager-to-be itself, in user@UID.service."""
+        is the manager-to-be itself, in user@UID.service (or its init.scope)."""
         if uid is None or rule is None:
             return None
         try:
             current = cgroup.cgroup_of(proc.pid)
             manager = cgroup.user_manager_of(current, uid)
-            if manager is None or (starting and current != manager):
+            # systemd >= 254 (Debian 13) runs the manager-to-be in the service's
+            # DelegateSubgroup=init.scope; 252 (Debian 12) in the service itself.
+            if manager is None or (starting and current not in (manager, f"{manager}/init.scope")):
                 return None
             path = self._directory(manager)
         except (cgroup.CgroupError, PlacementError):
@@ -226,7 +228,7 @@ class Placement:
             raise PlacementError(f"uid {uid} has no passwd entry")
         try:
             # exec= belongs to the user's first rule, whatever services= it names.
-            rule = policy.decide(self.policy.rules(), entry.name, policy.ANY_SERVICE)
+            rule = policy.decide(self.policy.rules(), policy.account(entry.name, uid), policy.ANY_SERVICE)
         except (Unavailable, policy.Undecidable) as e:
             raise PlacementError(f"policy unusable: {e}") from None
         if rule is None or vrf not in rule.exec:
