@@ -8,11 +8,19 @@ runs the real su to a netops member: the helper sees nothing anyone but root
 could write, and the session must still be placed outside the tree
 (/user.slice/user-UID.slice/vrf/NAME), where the invoker, write bits back,
 cannot move it.
+
+The manager-to-be (root's process in user@UID.service, before its
+systemd-user PAM session) is the user's to move as soon as systemd starts the
+unit: a process of the user's that watches moves it one level down, the
+helper binds nothing, and what the manager starts in basic.target keeps
+unbound sockets (won on the first attempt here, systemd 252 under TCG).
 """
 
 import json
 import os
 import pwd
+import random
+import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -20,6 +28,8 @@ import vmlib  # noqa: E402
 from vmlib import PY, VRF, q, run  # noqa: E402
 
 pytestmark = vmlib.vm_only
+
+from test_vm_manager import read, user_units  # noqa: E402
 
 SU = os.path.join(vmlib.HERE, "vm_su.py")
 HOLD = os.path.join(vmlib.HERE, "vm_early_socket.py")
@@ -74,3 +84,76 @@ def test_su_from_a_tree_its_owner_made_read_only_cannot_be_moved_out():
         f"{where}, its next socket {second['udp4']}")
     assert second["udp4"] == {"dev": VRF} and where == first["cgroup"], (where, second)
     assert first["cgroup"] == f"/user.slice/user-{uid}.slice/vrf/{VRF}", first
+
+
+# -- the manager-to-be, moved down before its PAM session ------------------------------
+
+# As the user (any process of its own that runs while the manager does not:
+# a cron job, another session): as soon as user@UID.service exists (it is the
+# user's from then on, Delegate=yes), move whatever is in it into a cgroup of
+# its own below it; the first process there is the manager-to-be, root's,
+# before its systemd-user PAM session. argv: the directory, a log file.
+WATCH = r"""
+import os, sys, time
+d, log = sys.argv[1], sys.argv[2]
+seen = set()
+while True:
+    try:
+        with open(d + "/cgroup.procs") as f:
+            pids = f.read().split()
+    except OSError:
+        os.sched_yield()
+        continue
+    for pid in pids:
+        if pid in seen:
+            continue
+        try:
+            os.makedirs(d + "/x", exist_ok=True)
+            with open(d + "/x/cgroup.procs", "w") as f:
+                f.write(pid)
+        except OSError:
+            continue
+        seen.add(pid)
+        with open(log, "a") as f:
+            f.write(f"{pid} {time.monotonic()}\n")
+"""
+
+
+def test_the_manager_to_be_moved_below_user_at_uid_service_is_still_bound():
+    """A netops member's manager is started (root: systemctl start
+    user@UID.service, what a login or lingering does) while a process of the
+    user's watches: it moves the manager-to-be below user@UID.service. The
+    oneshot the manager starts in basic.target (it keeps its sockets) must be
+    bound in every attempt; the user wins the race in some."""
+    port = random.randrange(40000, 50000)
+    rule = f"@netops {VRF} services=sshd deny=inet6"
+    with vmlib.user("netops") as name, vmlib.vrf_conf(rule):
+        entry = pwd.getpwnam(name)
+        report = user_units(name, port)
+        manager = f"{vmlib.cgroup_mount()}/user.slice/user-{entry.pw_uid}.slice/user@{entry.pw_uid}.service"
+        log = f"/tmp/pvwatch-{vmlib.tag()}"
+        watcher = subprocess.Popen(["setpriv", "--reuid", str(entry.pw_uid), "--regid", str(entry.pw_gid),
+                                    "--init-groups", PY, "-c", WATCH, manager, log])
+        outcomes = []
+        try:
+            for attempt in range(6):
+                mark = vmlib.journal_mark()
+                run("systemctl", "start", f"user@{entry.pw_uid}.service")
+                early = json.loads(vmlib.wait_until(f"{report} (the oneshot's report)", lambda: read(report),
+                                                    timeout=90))
+                verdicts = [str(e.get("MESSAGE")) for e in vmlib.journal(mark, SYSLOG_IDENTIFIER=vmlib.HELPER_IDENT)
+                            if "(service systemd-user)" in str(e.get("MESSAGE"))]
+                outcomes.append((early["cgroup"], early["udp4"], verdicts))
+                run("systemctl", "stop", f"user@{entry.pw_uid}.service", check=False)
+                os.unlink(report)
+                if early["udp4"] != {"dev": VRF}:
+                    break
+        finally:
+            watcher.kill()
+            watcher.wait()
+            moved = read(log) or ""
+            if os.path.exists(log):
+                os.unlink(log)
+    assert all(udp4 == {"dev": VRF} for _, udp4, _ in outcomes), (
+        f"{name} moved its manager-to-be below user@UID.service ({len(moved.split())//2} moves); "
+        f"the oneshot its manager started: {outcomes}")
