@@ -145,13 +145,14 @@ def test_the_user_cannot_move_its_manager_to_be_out_of_the_binding(manager_lab):
     """user@UID.service is the user's (Delegate=yes) as soon as systemd starts
     it; the manager-to-be is root's, but cgroup v2 asks only for write access
     to the cgroups: the user moves it into a cgroup of its own below
-    user@UID.service before its systemd-user PAM session. The helper must
+    user@UID.service before its systemd-user PAM session (any name: not
+    only init.scope, where systemd >= 254 starts it). The helper must
     still bind user@UID.service (the whole delegated tree), or the manager
     starts unbound (with lingering: for ever, no login rebinds it)."""
     lab, user, dev = manager_lab, manager_lab.user, manager_lab.devs[0]
     helper = lab.start(f"{user.pw_name}  {dev}  plain\n")
     starter = lab.agent(lab.manager)
-    below = os.path.join(lab.manager, "init.scope")
+    below = os.path.join(lab.manager, "mine.scope")       # any name the user likes
     as_user(user, f"import os, json; os.mkdir({below!r}); print(json.dumps(0))")
     assert as_user(user, MOVE, starter.pid, below) == "moved"
 
