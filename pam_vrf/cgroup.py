@@ -216,6 +216,7 @@ MOVE_FILES = ("cgroup.procs", "cgroup.threads")
 def foreign_writer(directory, trusted):
     """Who other than the `trusted` uids (and gid 0) can write the cgroup
     `directory` or its MOVE_FILES: 'uid N', 'group N', 'everyone', or None.
+    An owner counts whatever the mode: it can chmod the file writable again.
 
     cgroup v2 delegation: whoever can write a cgroup's cgroup.procs and a
     cgroup below it moves any process between them, whoever's it is.
@@ -230,12 +231,12 @@ def foreign_writer(directory, trusted):
             raise CgroupError(f"cannot inspect {path}: {e.strerror}") from None
         if stat.S_ISLNK(st.st_mode):
             return "a symbolic link"    # never in cgroupfs
+        if st.st_uid not in trusted:
+            return f"uid {st.st_uid}"   # an owner can chmod it writable again at any time
         if st.st_mode & stat.S_IWOTH:
             return "everyone"
         if st.st_mode & stat.S_IWGRP and st.st_gid != 0:
             return f"group {st.st_gid}"
-        if st.st_mode & stat.S_IWUSR and st.st_uid not in trusted:
-            return f"uid {st.st_uid}"
     return None
 
 

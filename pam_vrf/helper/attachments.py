@@ -77,16 +77,17 @@ class Attachments:
         self._counters = {}             # vrf -> drop counter map fd
         self._load_state()
 
-    def attach(self, path, vrf, rule, ifindex, source=None):
+    def attach(self, path, vrf, rule, ifindex, source=None, replace=False):
         """Attach the program for (rule, ifindex) to `path`; returns the program id.
-        `source` (the rule's FILE:LINE) is recorded, not compared.
+        `source` (the rule's FILE:LINE) is recorded, not compared. replace: no
+        Conflict check (a cgroup that belongs to one account and one rule).
 
         Raises Conflict when `path` has processes placed under a different rule
         (sessions sharing a cgroup without logind, or `pam-vrf exec` into a
         VRF whose cgroup a stricter login rule made).
         """
         current = self._current(path)
-        if current is not None and current.rule != rule and cgroup.members(path):
+        if current is not None and current.rule != rule and not replace and cgroup.members(path):
             raise Conflict(f"{path} holds processes placed under another rule for {vrf} "
                            f"({_rule_text(current.rule)}); not replacing it with ({_rule_text(rule)})")
         fd, prog_id = self._program(settings(rule, ifindex))

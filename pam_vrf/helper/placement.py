@@ -70,6 +70,10 @@ class Placement:
                             f"placement ({kept}); rule {rule.where} not applied")
             return verdict("kept", vrf=cgroup.vrf_of(kept) or None, rule=rule.where, cgroup=kept)
 
+        problem = self._manager_mismatch(proc, uid, rules, account, rule) if rule.strict and rule.places else None
+        if problem:
+            self.log.err(f"refusing session of {who}: {problem} (strict rule {rule.where})")
+            return verdict("refused", error=problem, rule=rule.where)
         try:
             where = self.move(proc, rule.target, protocol.rule_fields(rule), account=uid, reattach=True,
                               source=rule.where)
@@ -155,6 +159,26 @@ class Placement:
                       f"(rule {rule.where}) before it starts, pid {proc.pid}")
         return verdict("placed", vrf=rule.target, rule=rule.where, cgroup=manager)
 
+    def _manager_mismatch(self, proc, uid, rules, account, rule):
+        """Why a strict rule cannot hold for what this session starts through the
+        user's systemd manager (`systemd-run --user`), or None: the manager
+        carries the user's first placing rule, and it is another one."""
+        try:
+            manager = cgroup.user_manager_of(cgroup.cgroup_of(proc.pid), uid) if uid is not None else None
+            if manager is None or not os.path.isdir(self._directory(manager)):
+                return None             # no logind, no manager: nothing to leave through
+            carried = self._manager_rule(rules, account)
+        except (cgroup.CgroupError, PlacementError):
+            return None
+        except policy.Undecidable as e:
+            return f"the rule of the user's systemd manager is undecidable: {e}"
+        if carried is not None and (carried.target, protocol.rule_fields(carried)) == \
+                (rule.target, protocol.rule_fields(rule)):
+            return None
+        return (f"the user's systemd manager carries {'rule ' + carried.where if carried else 'no rule'}, not "
+                f"this one: what the session starts with systemd-run --user would leave it (give the account "
+                f"one placing rule, or put this one first)")
+
     def _undecided(self, who, e, unplaced):
         """The verdict when a name service failure leaves the rule open."""
         if e.strict:
@@ -187,8 +211,10 @@ class Placement:
             current = cgroup.cgroup_of(proc.pid)
             manager = cgroup.user_manager_of(current, uid)
             # systemd >= 254 (Debian 13) runs the manager-to-be in the service's
-            # DelegateSubgroup=init.scope; 252 (Debian 12) in the service itself.
-            if manager is None or (starting and current not in (manager, f"{manager}/init.scope")):
+            # DelegateSubgroup=init.scope; 252 (Debian 12) in the service itself;
+            # and the tree is the user's from the moment systemd makes it: they
+            # may have moved it anywhere below before this session opens.
+            if manager is None or (starting and current != manager and not current.startswith(manager + "/")):
                 return None
             path = self._directory(manager)
         except (cgroup.CgroupError, PlacementError):
@@ -196,8 +222,10 @@ class Placement:
         if not os.path.isdir(path):
             return None
         try:
+            # Replaced whoever is inside: one account, one manager rule; processes
+            # the user parked in user@UID.service must not pin an old one.
             self.attachments.attach(path, rule.target, protocol.rule_fields(rule),
-                                    self._resolve(rule.target, rule.plain), rule.where)
+                                    self._resolve(rule.target, rule.plain), rule.where, replace=True)
         except (OSError, Conflict) as e:
             raise PlacementError(f"the systemd user manager cannot be bound to VRF "
                                  f"{rule.target}: {e}") from None
