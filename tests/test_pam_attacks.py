@@ -24,6 +24,8 @@ from test_pam_module import (SYSTEM_PATH, helper_lab, module, pam_service,  # no
 from test_nss_spelling import NSS_CI_C, case_insensitive_nss  # noqa: F401 (fixture)
 from test_sudo_self import drive, sudo_lab  # noqa: F401 (fixture)
 from test_helper import NsswitchHelper, veth
+from pam_vrf import protocol
+from pam_vrf.bpf import cgroup_link
 
 
 # -- PAM_RUSER from a root daemon -------------------------------------------------
@@ -188,6 +190,46 @@ def test_another_account_reported_under_a_local_name_does_not_get_its_exec_permi
         finally:
             for agent in agents:
                 agent.close()
+            helper.stop()
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_a_directory_accounts_manager_session_is_decided_for_its_uid(
+        throwaway_user, vrf_conf, syslog, netns, sandbox_cgroup, installed):
+    """systemd names user@UID.service's account by getpwuid: a directory
+    account that NSS reports under a local account's name opens its
+    systemd-user session with the local name. The helper decides for the uid
+    of the user@UID.service it runs in: not the local account's rule (here:
+    `* -`, so nothing is bound), where it used to look for the local
+    account's manager and report it missing."""
+    local, other, helper_user = throwaway_user(), throwaway_user(), throwaway_user()
+    ns = netns()
+    dev = f"pvt{uid_tag()}"
+    veth(ns, dev)
+    name = f"pvtum{uid_tag()}"
+    source = (NSS_UID_SHADOW_C.replace("@MOD@", name).replace("@CANON@", local.pw_name)
+              .replace("@UID@", str(other.pw_uid)).replace("@GID@", str(other.pw_gid)))
+    config = vrf_conf(f"{local.pw_name}  {dev}  plain strict\n*  -\n")
+    manager = os.path.join(sandbox_cgroup, f"user-{other.pw_uid}.slice", f"user@{other.pw_uid}.service")
+    os.makedirs(manager)
+    with nss_module(source, name, "passwd") as nsswitch:
+        with open(nsswitch) as f:
+            text = f.read().replace(f"passwd: files {name}", f"passwd: {name} files")
+        with open(nsswitch, "w") as f:
+            f.write(text)
+        workdir = testlab.helper_dir(None, helper_user)
+        helper = NsswitchHelper(helper_user, workdir, config, ns, syslog, nsswitch=nsswitch)
+        starter = None
+        try:
+            helper.start()
+            starter = Agent(None, ns, manager, (), ())
+            reply = starter("exchange", socket=protocol.root_socket(helper.socket),
+                            msg={"op": "open", "user": local.pw_name, "service": "systemd-user"})["reply"]
+            assert reply.get("verdict") == "alone", (reply, helper.output())
+            assert cgroup_link.query(manager) == []
+        finally:
+            if starter is not None:
+                starter.close()
             helper.stop()
             shutil.rmtree(workdir, ignore_errors=True)
 

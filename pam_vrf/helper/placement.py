@@ -13,6 +13,7 @@ pam_vrf.process); nothing here takes a pid from a message.
 
 import hashlib
 import os
+import re
 
 from pam_vrf import cgroup, nss, policy, process, protocol
 from pam_vrf.bpf import cgroup_link
@@ -133,9 +134,15 @@ class Placement:
         make its sockets before the login is placed, unbound for ever. So user@UID.service itself is bound
         here, before the manager runs. The process is not moved: that cgroup is
         the tree systemd delegates to the user."""
+        # The account is the uid systemd started user@UID.service for (it named
+        # it by getpwuid): a directory account NSS reports under a local
+        # account's name must not get the local account's rule.
+        uid = _manager_uid(proc.pid)
+        if uid is None:
+            uid = _uid_of(user)
         try:
             rules = self.policy.rules()
-            rule = self._manager_rule(rules, policy.account(user))
+            rule = self._manager_rule(rules, policy.account(user, uid))
         except Unavailable as e:
             self.log.err(f"{who} left unbound: {e}")
             return verdict("unplaced", error=str(e))
@@ -145,7 +152,7 @@ class Placement:
             self.log.debug(f"{who} left alone: no rule places a session of {user}")
             return verdict("alone")
         try:
-            manager = self._bind_manager(proc, _uid_of(user), rule, starting=True)
+            manager = self._bind_manager(proc, uid, rule, starting=True)
             if manager is None:
                 raise PlacementError(f"pid {proc.pid} is not in the user's systemd manager cgroup "
                                      f"(user@UID.service)")
@@ -360,3 +367,12 @@ def _uid_of(user):
     except nss.NssError:
         return None
     return entry.uid if entry else None
+
+
+def _manager_uid(pid):
+    """The UID of the user@UID.service cgroup `pid` is in (or below), or None."""
+    try:
+        found = re.search(r"/user@(\d+)\.service(/|$)", cgroup.cgroup_of(pid))
+    except cgroup.CgroupError:
+        return None
+    return int(found.group(1)) if found else None
