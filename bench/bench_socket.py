@@ -86,21 +86,6 @@ def _attach_rule(path, rule_text, ifindex):
 UDP_TO = "10.214.0.2"       # a static neighbour on the target veth
 
 
-def _attach_egress(path, ifindex):
-    """The helper's egress program for a `plain` target (its counter map stays
-    referenced by the program)."""
-    from pam_vrf.bpf import cgroup_link, egressprog, syscall
-    counter = egressprog.new_counter()
-    try:
-        prog = egressprog.load({ifindex}, counter)
-        try:
-            cgroup_link.attach(path, prog, syscall.CGROUP_INET_EGRESS)
-        finally:
-            os.close(prog)
-    finally:
-        os.close(counter)
-
-
 def bench(lab, py_iters=200_000, c_iters=200_000, udp_iters=100_000, rounds=7):
     from pam_vrf.bpf import cgroup_link, syscall
     run = lab.run
@@ -118,8 +103,9 @@ def bench(lab, py_iters=200_000, c_iters=200_000, udp_iters=100_000, rounds=7):
     _attach_rule(dirs["bind"], f"* {lab.target} plain", ifindex)
     _attach_rule(dirs["plain"], f"* {lab.target} plain", ifindex)
     _attach_rule(dirs["deny5"], f"* {lab.target} plain deny={DENY5}", ifindex)
+    from pam_vrf import programs
     for placed in ("plain", "deny5"):
-        _attach_egress(dirs[placed], ifindex)
+        programs.attach_egress(dirs[placed], {ifindex})
     effective = {k: (cgroup_link.effective(d), cgroup_link.effective(d, syscall.CGROUP_INET_EGRESS))
                  for k, d in dirs.items()}
     shape = {k: tuple(len(ids) for ids in v) for k, v in effective.items()}

@@ -67,3 +67,18 @@ def read_back_name(prog_id):
         return syscall.prog_info(fd).name
     finally:
         os.close(fd)
+
+
+def attach_egress(cgroup_dir, allowed, counter_name="pam_vrf_drops"):
+    """An egress program for `allowed` ifindexes, with a counter of its own,
+    attached to `cgroup_dir` (the doctor's self-test, benchmarks). The helper
+    shares programs and counters instead (helper.attachments)."""
+    counter = egressprog.new_counter(counter_name)
+    try:
+        prog = egressprog.load(allowed, counter)
+        try:
+            cgroup_link.attach(cgroup_dir, prog, syscall.CGROUP_INET_EGRESS)
+        finally:
+            os.close(prog)
+    finally:
+        os.close(counter)

@@ -120,6 +120,13 @@ def attach_egress(path, allowed):
     return counter
 
 
+def egress_of(path):
+    """(attachment, allowed ifindexes, packets dropped) of the one egress program on `path`."""
+    [attached] = cgroup_link.query(path, syscall.CGROUP_INET_EGRESS)
+    _, allowed, dropped = programs.read_back_egress(attached.prog_id)
+    return attached, allowed, dropped
+
+
 def test_the_bound_device_alone_lets_datagrams_out_by_another_link(egress_lab, sandbox_cgroup,
                                                                    throwaway_user):
     """The kernel fact the egress program exists for (and the attack's
@@ -194,13 +201,8 @@ def test_a_helper_placement_carries_the_egress_program(egress_lab, helper_factor
     assert {k for k, v in outcomes.items() if v == "EPERM"} >= KERNEL_LEAKS | HELPER_REFUSES, outcomes
 
     placed = f"{sandbox_cgroup}/{egress_lab['host']}-ns/vrf/{vb}"
-    [attached] = cgroup_link.query(placed, syscall.CGROUP_INET_EGRESS)
-    fd = syscall.prog_get_fd_by_id(attached.prog_id)
-    try:
-        assert egressprog.describe(syscall.prog_info(fd).xlated) == {egress_lab["vb_index"]}
-    finally:
-        os.close(fd)
-    assert egressprog.dropped(attached.prog_id) >= len(KERNEL_LEAKS)
+    attached, allowed, dropped = egress_of(placed)
+    assert allowed == {egress_lab["vb_index"]} and dropped >= len(KERNEL_LEAKS)
     status = sh("nsenter", f"--net=/run/netns/{egress_lab['host']}", PY, "-m", "pam_vrf", "status",
                 env=dict(os.environ, PYTHONPATH=REPO), check=True).stdout
     block = status.split(placed, 1)[1]
@@ -249,12 +251,7 @@ def test_a_restarted_helper_gives_remembered_sessions_the_egress_program(egress_
         helper.stop()
         assert cgroup_link.detach(placed, syscall.CGROUP_INET_EGRESS)
         helper.start()
-        [attached] = cgroup_link.query(placed, syscall.CGROUP_INET_EGRESS)
-        fd = syscall.prog_get_fd_by_id(attached.prog_id)
-        try:
-            assert egressprog.describe(syscall.prog_info(fd).xlated) == {egress_lab["vb_index"]}
-        finally:
-            os.close(fd)
+        assert egress_of(placed)[1] == {egress_lab["vb_index"]}
     finally:
         sleeper.kill()
         sleeper.wait()

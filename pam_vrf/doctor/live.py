@@ -28,7 +28,6 @@ import socket
 import time
 
 from pam_vrf import cgroup, programs
-from pam_vrf.bpf import cgroup_link, egressprog, syscall
 from pam_vrf.bpf.sockprog import Settings
 from pam_vrf.bpf.syscall import BpfError
 from pam_vrf.doctor import Finding, resolver
@@ -67,18 +66,6 @@ def socket_probe():
     except OSError as e:
         out["pktinfo"] = _errno_name(e)
     return out
-
-
-def _attach_egress(path, ifindex):
-    counter = egressprog.new_counter("pam_vrf_doctor")
-    try:
-        prog = egressprog.load({ifindex}, counter)
-        try:
-            cgroup_link.attach(path, prog, syscall.CGROUP_INET_EGRESS)
-        finally:
-            os.close(prog)
-    finally:
-        os.close(counter)
 
 
 class Child:
@@ -191,7 +178,7 @@ def run(mount, vrfs, servers):
                     made.append(path)
                     programs.attach(path, settings)
                     if kind == "selftest":
-                        _attach_egress(path, vrf.ifindex)
+                        programs.attach_egress(path, {vrf.ifindex}, "pam_vrf_doctor")
                 except (OSError, BpfError) as e:
                     into[vrf.name] = f"cannot set up {path}: {e.strerror or e}"
                     continue
