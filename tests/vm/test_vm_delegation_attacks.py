@@ -30,17 +30,7 @@ from vmlib import PY, VRF, q, run  # noqa: E402
 pytestmark = vmlib.vm_only
 
 from test_vm_manager import read, user_units  # noqa: E402
-
-SU = os.path.join(vmlib.HERE, "vm_su.py")
-HOLD = os.path.join(vmlib.HERE, "vm_early_socket.py")
-
-
-def read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (FileNotFoundError, ValueError):
-        return None
+from test_vm_delegation import HOLD, SU, read_json  # noqa: E402,F401
 
 
 def test_su_from_a_tree_its_owner_made_read_only_cannot_be_moved_out():
