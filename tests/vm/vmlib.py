@@ -244,8 +244,12 @@ def session_of(pid):
 
 
 def sessions_of(user):
+    """The user's logind sessions. Not the user manager's own session (class
+    manager: systemd >= 256, Debian 13), which is no login."""
     out = run("loginctl", "list-sessions", "--no-legend", check=False).stdout
-    return [line.split()[0] for line in out.splitlines() if len(line.split()) >= 3 and line.split()[2] == user]
+    ids = [line.split()[0] for line in out.splitlines() if len(line.split()) >= 3 and line.split()[2] == user]
+    return [i for i in ids if not run("loginctl", "show-session", i, "-p", "Class", "--value",
+                                      check=False).stdout.strip().startswith("manager")]
 
 
 # --- users, groups, vrf.conf ----------------------------------------------------------
