@@ -106,13 +106,17 @@ def _close_if_inert(conn):
     must release it. (Every message carries SCM_CREDENTIALS, so an empty
     message is told from the end of the queue.)"""
     try:
+        if not conn.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED):
+            return False                # an empty message would look like the end
         conn.shutdown(socket.SHUT_RD)
         for _ in range(32):
             try:
                 data, anc, flags, _ = conn.recvmsg(1, _CREDS_SPACE, socket.MSG_PEEK | socket.MSG_DONTWAIT)
             except ConnectionResetError:
                 continue                # the peer closed before reading our answer: reported once
-            if flags & socket.MSG_CTRUNC:
+            if flags & socket.MSG_CTRUNC or _ancillary(anc)[0]:
+                for fd in _ancillary(anc)[0]:
+                    os.close(fd)        # a peeked copy: the queued message keeps the file
                 return False
             if not data and not anc:
                 break                   # the end: nothing queued
@@ -145,8 +149,11 @@ def _drain(conn, room):
                 continue                # reported once (the peer closed first); the queue is still there
             fds, _ = _ancillary(anc)
             for fd in fds:
-                _unlinger(fd)
-                os.close(fd)
+                try:                    # one failing close (a FUSE flush's EIO) must not keep the rest
+                    _unlinger(fd)
+                    os.close(fd)
+                except OSError:
+                    pass
             if not data and not anc:
                 break
     except OSError:
@@ -421,6 +428,10 @@ class Server:
                 self.log.err(f"out of file descriptors; dropping a connection on "
                              f"{'root.sock' if root else 'the public socket'}")
             return
+        # Connections made before the listener had SO_PASSCRED (socket
+        # activation, a restart) do not inherit it on this kernel (6.18
+        # copies it at connect()): their messages would carry no credentials.
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         uid = peer_uid(conn)
         if root and uid != 0:       # mode 0600 should make this impossible
             self.log.warning(f"refused a connection of uid {uid} on root.sock: root.sock is for root only")
