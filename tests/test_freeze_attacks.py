@@ -118,8 +118,8 @@ EARLY = textwrap.dedent(r'''
                 c.sendmsg([b""])
                 c.sendmsg([b'{"v":2,"op":"ping"}'], rights([s.fileno()] * 253))
             except OSError:
-                pass                # the helper was quicker on this one
-        for s in stuck:
+                continue            # the helper was quicker on this one: s stays open (our own
+                                    # close would be its last, and wait out the linger)
             s.close()               # a queued message holds the last reference
     else:
         null = os.open("/dev/null", os.O_RDONLY)
