@@ -134,7 +134,7 @@ def _describe_settings(settings, foreign_netns):
 def _print_egress(path, foreign_netns):
     """The cgroup's egress programs: where packets may leave, what was dropped."""
     from pam_vrf import programs
-    from pam_vrf.bpf import cgroup_link, syscall
+    from pam_vrf.bpf import cgroup_link, joinprog, syscall
     try:
         attached = cgroup_link.query(path, syscall.CGROUP_INET_EGRESS)
     except BpfError as e:
@@ -167,7 +167,7 @@ def _print_egress(path, foreign_netns):
         except BpfError as e:
             print(f"  setsockopt prog {item.prog_id}: {e}")
             continue
-        what = "multicast joins only on the devices above" if name == "pam_vrf_join" else "not pam-vrf's"
+        what = "multicast joins only on the devices above" if name == joinprog.PROG_NAME else "not pam-vrf's"
         print(f"  setsockopt prog {item.prog_id} ({name or 'unnamed'}): {what}")
     return 0
 

@@ -38,35 +38,33 @@ def attach(cgroup_dir, settings=None, prog_fd=None):
             os.close(prog_fd)
 
 
-def read_back(prog_id):
-    """(ProgInfo, Settings or None) for an attached program; root only."""
+def info_of(prog_id):
+    """ProgInfo of an attached program, opened by id; root only (the kernel
+    asks for CAP_SYS_ADMIN)."""
     fd = syscall.prog_get_fd_by_id(prog_id)
     try:
-        info = syscall.prog_info(fd)
+        return syscall.prog_info(fd)
     finally:
         os.close(fd)
+
+
+def read_back(prog_id):
+    """(ProgInfo, Settings or None) for an attached program; root only."""
+    info = info_of(prog_id)
     return info, sockprog.describe(info.xlated)
 
 
 def read_back_egress(prog_id):
     """(ProgInfo, allowed ifindexes or None, packets dropped) for an attached
     egress program; root only."""
-    fd = syscall.prog_get_fd_by_id(prog_id)
-    try:
-        info = syscall.prog_info(fd)
-    finally:
-        os.close(fd)
+    info = info_of(prog_id)
     allowed = egressprog.describe(info.xlated) if info.name == egressprog.PROG_NAME else None
-    return info, allowed, egressprog.dropped(prog_id) if allowed is not None else 0
+    return info, allowed, egressprog.dropped(info.map_ids) if allowed is not None else 0
 
 
 def read_back_name(prog_id):
     """The name an attached program was loaded with; root only."""
-    fd = syscall.prog_get_fd_by_id(prog_id)
-    try:
-        return syscall.prog_info(fd).name
-    finally:
-        os.close(fd)
+    return info_of(prog_id).name
 
 
 def attach_egress(cgroup_dir, allowed, counter_name="pam_vrf_drops"):

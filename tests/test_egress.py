@@ -155,7 +155,7 @@ def test_the_egress_program_keeps_every_packet_on_the_target(egress_lab, sandbox
         assert egressprog.read_counter(counter) >= len(dropped & (KERNEL_LEAKS | RAW_LEAKS))
         # Read back from the kernel, as `pam-vrf status` does.
         [attached] = cgroup_link.query(placed, syscall.CGROUP_INET_EGRESS)
-        assert egressprog.dropped(attached.prog_id) == egressprog.read_counter(counter)
+        assert programs.read_back_egress(attached.prog_id)[2] == egressprog.read_counter(counter)
     finally:
         os.close(counter)
 
@@ -207,7 +207,7 @@ def test_a_helper_placement_carries_the_egress_program(egress_lab, helper_factor
                 env=dict(os.environ, PYTHONPATH=REPO), check=True).stdout
     block = status.split(placed, 1)[1]
     assert f"egress prog {attached.prog_id} (pam-vrf): out only by {vb}" in block, status
-    assert f"dropped {egressprog.dropped(attached.prog_id)} packet" in block, status
+    assert f"dropped {programs.read_back_egress(attached.prog_id)[2]} packet" in block, status
 
 
 def test_drop_watch_reports_what_each_vrf_dropped_since_its_last_look(egress_lab, sandbox_cgroup, throwaway_user):

@@ -79,16 +79,11 @@ def read_counter(counter_fd):
     return COUNTER.unpack(syscall.map_lookup(counter_fd, struct.pack("<I", 0), COUNTER.size))[0]
 
 
-def dropped(prog_id):
-    """Packets the attached program `prog_id` has dropped; root only (the
-    kernel asks for CAP_SYS_ADMIN to open a program or map by id)."""
-    fd = syscall.prog_get_fd_by_id(prog_id)
-    try:
-        info = syscall.prog_info(fd)
-    finally:
-        os.close(fd)
+def dropped(map_ids):
+    """Packets counted in the maps `map_ids` (a program's, from its ProgInfo);
+    root only (the kernel asks for CAP_SYS_ADMIN to open a map by id)."""
     total = 0
-    for map_id in info.map_ids:
+    for map_id in map_ids:
         map_fd = syscall.map_get_fd_by_id(map_id)
         try:
             total += read_counter(map_fd)

@@ -9,9 +9,7 @@ than 0.3.0 attached neither, and root can detach them; the helper gives
 every cgroup it remembers both when it starts.
 """
 
-import os
-
-from pam_vrf import cgroup
+from pam_vrf import cgroup, programs
 from pam_vrf.bpf import cgroup_link, egressprog, joinprog, sockprog, syscall
 from pam_vrf.bpf.syscall import BpfError
 from pam_vrf.doctor import Finding
@@ -20,14 +18,10 @@ from pam_vrf.doctor import Finding
 def _ours(path, attach_type, name):
     for item in cgroup_link.query(path, attach_type):
         try:
-            fd = syscall.prog_get_fd_by_id(item.prog_id)
-        except BpfError:
-            continue
-        try:
-            if syscall.prog_info(fd).name == name:
+            if programs.read_back_name(item.prog_id) == name:
                 return True
-        finally:
-            os.close(fd)
+        except BpfError:
+            continue                # detached while we looked
     return False
 
 
