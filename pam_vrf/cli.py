@@ -55,7 +55,9 @@ def cmd_which(args):
         print(e, file=sys.stderr)
         return 1
     who = policy.account(args.user)
-    if not who.gids:
+    # A failed look-up is not "no such user": decide() names the failure
+    # (Undecidable) where a rule depends on it.
+    if not who.gids and not who.error:
         _err(f"warning: no user '{args.user}' in the passwd database; only name and '*' rules can match")
     try:
         rule = policy.decide(rules, who, args.service)
