@@ -57,10 +57,10 @@ install: all
 	printf '#!%s\nimport sys\nfrom pam_vrf.helper.main import main\nsys.exit(main())\n' $(PYTHON) > $(DESTDIR)$(SBINDIR)/pam-vrf-helper
 	chmod 0755 $(DESTDIR)$(BINDIR)/pam-vrf $(DESTDIR)$(SBINDIR)/pam-vrf-helper
 	install -d -m 0755 $(DESTDIR)$(UNITDIR)
-	sed $(PATHS_SED) systemd/pam-vrf-helper.service > $(DESTDIR)$(UNITDIR)/pam-vrf-helper.service
-	install -m 0644 systemd/pam-vrf-helper.socket systemd/pam-vrf-helper-root.socket $(DESTDIR)$(UNITDIR)/
-	install -D -m 0644 systemd/sysusers-pam-vrf.conf $(DESTDIR)$(SYSUSERSDIR)/pam-vrf.conf
-	install -D -m 0644 systemd/tmpfiles-pam-vrf.conf $(DESTDIR)$(TMPFILESDIR)/pam-vrf.conf
+	sed $(PATHS_SED) helper/pam-vrf-helper.service > $(DESTDIR)$(UNITDIR)/pam-vrf-helper.service
+	install -m 0644 helper/pam-vrf-helper.socket helper/pam-vrf-helper-root.socket $(DESTDIR)$(UNITDIR)/
+	install -D -m 0644 helper/sysusers-pam-vrf.conf $(DESTDIR)$(SYSUSERSDIR)/pam-vrf.conf
+	install -D -m 0644 helper/tmpfiles-pam-vrf.conf $(DESTDIR)$(TMPFILESDIR)/pam-vrf.conf
 	install -D -m 0644 pam.d/pam-auth-update.pam-vrf $(DESTDIR)$(PAMCONFIGDIR)/pam-vrf
 	install -d -m 0755 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8
 	for page in vrf.conf.5 pam-vrf.8 pam-vrf-helper.8 pam_vrf.8; do \

@@ -263,7 +263,7 @@ def test_one_default_state_file_for_helper_unit_and_trace(monkeypatch):
     assert paths.state_file() == paths.state_file(protocol.DEFAULT_SOCKET) == paths.DEFAULT_STATE
     assert paths.state_file("/tmp/x/helper.sock") == "/tmp/x/attachments.json"
     # The unit: the default socket, no --state of its own, its RuntimeDirectory holds the file.
-    with open(os.path.join(REPO, "systemd", "pam-vrf-helper.service")) as f:
+    with open(os.path.join(REPO, "helper", "pam-vrf-helper.service")) as f:
         unit = f.read()
     start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
     assert "--state" not in start and start.endswith(f"--socket {protocol.DEFAULT_SOCKET}"), start
