@@ -1,5 +1,7 @@
-"""pam_vrf.pamstack: PAM stack parsing and the pam-vrf audit, on copies of this
-Debian 12 machine's /etc/pam.d (plus the bookworm sudo, opendoas and polkitd files)."""
+"""pam_vrf.pamstack: PAM stack parsing and the pam-vrf audit, on copies of the
+/etc/pam.d (and /usr/lib/pam.d) files Debian 12 and Debian 13 ship, kept in
+tests/fixtures/pam.d/RELEASE (where each came from: tests/fixtures/pam.d/SOURCES).
+Never the host's own files: their stacks differ from host to host."""
 
 import os
 import shutil
@@ -9,33 +11,8 @@ import pytest
 from pam_vrf import pamstack
 from pam_vrf.pamstack import Finding
 
-HOST_FILES = ["su", "su-l", "sshd", "login", "runuser", "runuser-l", "chfn", "chsh", "passwd",
-              "other", "common-auth", "common-account", "common-password", "common-session",
-              "common-session-noninteractive"]
-# As shipped by Debian 12 (sudo 1.9.13p3-1+deb12u4, opendoas 6.8.2-1, polkitd 122-3).
-SUDO = """#%PAM-1.0
-
-# Set up user limits from /etc/security/limits.conf.
-session    required   pam_limits.so
-
-@include common-auth
-@include common-account
-@include common-session-noninteractive
-"""
-DEBIAN_FILES = {
-    "sudo": SUDO,
-    "sudo-i": SUDO.replace("common-session-noninteractive", "common-session"),
-    "doas": SUDO,
-    "polkit-1": """#%PAM-1.0
-
-@include common-auth
-@include common-account
-@include common-password
-session       required   pam_env.so readenv=1 user_readenv=0
-session       required   pam_env.so readenv=1 envfile=/etc/default/locale user_readenv=0
-@include common-session-noninteractive
-""",
-}
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "pam.d")
+RELEASES = ("bookworm", "trixie")
 PROFILE_LINE = ("session\t[success=ok session_err=bad default=ignore]\t"
                 "pam_python.so /usr/lib/pam-vrf/pam_vrf.py")
 VRF_SO = "session [success=ok session_err=bad default=ignore] pam_vrf.so"
@@ -48,15 +25,11 @@ WHY_ORDER = "pam_systemd ({}) moves the process into session-N.scope and undoes 
 FIX_ORDER = "move this line after pam_systemd (after @include common-session)"
 
 
-@pytest.fixture
-def pam(tmp_path):
-    missing = [n for n in HOST_FILES if not os.path.isfile(f"/etc/pam.d/{n}")]
-    if missing:
-        pytest.skip(f"this host lacks /etc/pam.d/{missing[0]}")
-    for name in HOST_FILES:
-        shutil.copy(f"/etc/pam.d/{name}", tmp_path / name)
-    for name, text in DEBIAN_FILES.items():
-        (tmp_path / name).write_text(text)
+@pytest.fixture(params=RELEASES)
+def pam(request, tmp_path):
+    """A private copy of one release's PAM files, one flat directory."""
+    for name in os.listdir(os.path.join(FIXTURES, request.param)):
+        shutil.copy(os.path.join(FIXTURES, request.param, name), tmp_path / name)
     return tmp_path
 
 
@@ -246,11 +219,12 @@ def test_path_qualified_modules(pam):
                 "reached from su; su-l via su", WHY_PYTHON, FIX_PYTHON)]
 
 
-def test_flatten_follows_debian_includes_in_order(pam):
+def test_flatten_follows_debian_includes_in_order(pam, request):
     stack = pamstack.flatten(str(pam), "su-l")
+    umask = {"bookworm": [], "trixie": ["pam_umask.so"]}[request.node.callspec.params["pam"]]
     assert [e.module for e in stack] == [
         "pam_keyinit.so", "pam_env.so", "pam_env.so", "pam_mail.so", "pam_limits.so",
-        "pam_permit.so", "pam_deny.so", "pam_permit.so", "pam_unix.so", "pam_systemd.so"]
+        "pam_permit.so", "pam_deny.so", "pam_permit.so", *umask, "pam_unix.so", "pam_systemd.so"]
     assert stack[-1].chain == ("su-l", "su", "common-session")
     assert stack[-1].file == str(pam / "common-session")
     assert {e.type for e in pamstack.flatten(str(pam), "su-l", kind=None)} == \
@@ -288,29 +262,17 @@ def test_real_host_pam_d():
     found = pamstack.audit()
     assert isinstance(found, list)
     assert all(isinstance(f, Finding) for f in found)
-    debian = {f"/etc/pam.d/{n}" for n in HOST_FILES + ["chpasswd", "newusers"]} | \
-        {"/usr/lib/pam.d/polkit-1", "/usr/lib/pam.d/systemd-user"}
+    names = os.listdir(os.path.join(FIXTURES, "bookworm"))
+    debian = {f"{d}/{n}" for n in names for d in ("/etc/pam.d", "/usr/lib/pam.d")}
     assert not [f for f in found if f.path in debian
                 and ("pam-vrf" in f.what or "runs before pam_systemd" in f.what)]
     assert {e.entry for e in pamstack.entries() if f"/etc/pam.d/{e.service}" in debian} == {"none"}
-
-
-SYSTEMD_USER = """@include common-account
-session  required pam_selinux.so close
-session  required pam_selinux.so nottys open
-session  required pam_loginuid.so
-session  required pam_limits.so
-@include common-session-noninteractive
-session  optional pam_keyinit.so force revoke
-session  optional pam_systemd.so
-"""
 
 
 def test_shipped_profile_in_both_common_files_is_fine_systemd_user_included(pam):
     """pam-auth-update puts the profile's line at the end of common-session and
     common-session-noninteractive. systemd-user (the user's manager) includes the
     latter before its pam_systemd: the helper leaves that session alone, so no finding."""
-    (pam / "systemd-user").write_text(SYSTEMD_USER)
     profile = open(os.path.join(os.path.dirname(__file__), "..", "pam.d", "pam-auth-update.pam-vrf")).read()
     line = profile.split("Session:", 1)[1].strip().replace("\t", " ")
     assert f"session {line}" == VRF_SO
