@@ -10,8 +10,8 @@ The helper listens on two sockets in one directory (default /run/pam-vrf):
 
 Requests ({"v": 2, "op": ...}):
 
-  open   root.sock only. {"user": NAME, "service": PAM_SERVICE,
-         "tty": TTY?, "rhost": HOST?}. The helper decides from vrf.conf and
+  open   root.sock only. {"user": NAME, "service": PAM_SERVICE?} ("tty",
+         "rhost", "ruser": accepted, not used). The helper decides from vrf.conf and
          places the CALLER: the process that sends the request, named by
          the kernel (SCM_CREDENTIALS) and pinned by the pidfd of itself it
          sends along (SCM_RIGHTS; see pam_vrf.process): the PAM caller.
