@@ -17,7 +17,6 @@ Stdlib only. The helper keeps the parsed policy; the PAM entries import
 this only when the helper is not running (pam_vrf.offline).
 """
 
-import grp
 from collections import namedtuple
 
 from pam_vrf import nss
@@ -233,8 +232,17 @@ def _u32(seen, key, fail):
 
 # Who is logging in, as NSS knows them: the account's name (NSS's spelling),
 # a frozenset of gids, the NSS failure (text) that kept us from knowing the
-# groups or None, and the name as the login gave it.
-Account = namedtuple("Account", ["user", "gids", "error", "given"], defaults=[None, None])
+# account or None, the name as the login gave it, and the NSS failure that
+# kept us from knowing its groups (the account itself is known) or None.
+Account = namedtuple("Account", ["user", "gids", "error", "given", "groups_error"], defaults=[None, None, None])
+
+
+def _gids(entry):
+    """(gids, None), or (the primary gid alone, why the rest is unknown)."""
+    try:
+        return nss.gids(entry), None
+    except nss.NssError as e:
+        return frozenset([entry.gid]), str(e)
 
 
 def account(user, uid=None):
@@ -264,10 +272,12 @@ def account(user, uid=None):
         if entry.name != user:
             back = nss.user(entry.name)
             if back is None or back.uid != entry.uid:
-                return Account(user, nss.gids(entry._replace(name=user)))
+                gids, groups_error = _gids(entry._replace(name=user))
+                return Account(user, gids, None, None, groups_error)
     except nss.NssError as e:
         return Account(user, frozenset(), str(e))
-    return Account(entry.name, nss.gids(entry), None, user)
+    gids, groups_error = _gids(entry)
+    return Account(entry.name, gids, None, user, groups_error)
 
 
 def _names(who):
@@ -308,24 +318,26 @@ class GroupNames:
     with the files backend, a round trip with LDAP; names that do not exist
     are the worst case), so the account's own gids are turned into names
     instead: one enumeration of the group database, plus a look-up by gid
-    for gids it does not show (SSSD/LDAP without enumerate).
-    Raises nss.NssError when a name service fails.
+    for gids it does not show (SSSD/LDAP without enumerate, or a source that
+    failed to enumerate: the look-up by gid then reports its failure).
+    Raises nss.NssError when a name service fails (nss.gids tells a failing
+    source, which getgrouplist would skip, in both ways).
     """
 
     ENUMERATE_ABOVE = 32
 
     def __init__(self, account, distinct_names):
-        if account.error:
-            raise nss.NssError(account.error)
+        if account.error or account.groups_error:
+            raise nss.NssError(account.error or account.groups_error)
         self.gids = account.gids
         self._member = {}
         self._names = None
         if distinct_names > self.ENUMERATE_ABOVE:
             names, seen = set(), set()
-            for entry in grp.getgrall():
-                seen.add(entry.gr_gid)
-                if entry.gr_gid in self.gids:
-                    names.add(entry.gr_name)
+            for name, gid in nss.groups():
+                seen.add(gid)
+                if gid in self.gids:
+                    names.add(name)
             for gid in self.gids - seen:
                 entry = nss.group_by_gid(gid)
                 if entry is not None:

@@ -45,3 +45,33 @@ def in_namespace(nsswitch, argv):
     """argv in a mount namespace of its own where /etc/nsswitch.conf is `nsswitch`."""
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
             'mount --bind "$0" /etc/nsswitch.conf && exec "$@"', nsswitch, *argv]
+
+
+# policy.decide for each user named, as a service `sshd` login would be decided.
+_DECIDE = """
+import json, sys
+from pam_vrf import policy
+
+why, names = sys.argv[1] == "why", sys.argv[2:]
+rules = policy.parse(sys.stdin.read(), "vrf.conf")
+got = {}
+for user in names:
+    try:
+        rule = policy.decide(rules, user, "sshd")
+        got[user] = rule.where if rule else None
+    except policy.Undecidable as e:
+        got[user] = ("undecidable-strict" if e.strict else "undecidable") + (": " + e.reason if why else "")
+print(json.dumps(got))
+"""
+
+
+def decide_in(nsswitch, text, names, why=False):
+    """{user: 'vrf.conf:LINE', None or 'undecidable[-strict]' (': reason' with `why`)}
+    for the policy `text`, decided by Debian's python3 under `nsswitch`."""
+    import json
+    import subprocess
+    argv = in_namespace(nsswitch, ["/usr/bin/python3", "-I", "-c", _DECIDE, "why" if why else "-", *names])
+    proc = subprocess.run(argv, input=text, text=True, capture_output=True,
+                          env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, cwd="/", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)

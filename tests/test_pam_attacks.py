@@ -7,7 +7,6 @@ code they were written against (commit 56653e5); HOLDS are attacks that
 were tried and stopped, kept because they show what stops them.
 """
 
-import json
 import os
 import shutil
 import subprocess
@@ -18,7 +17,7 @@ import testlab
 
 from conftest import PY, spawn, uid_tag
 from helper_attacks import Agent
-from nsslab import in_namespace, nss_module
+from nsslab import decide_in, in_namespace, nss_module
 from test_pam_module import (SYSTEM_PATH, helper_lab, module, pam_service,  # noqa: F401 (fixtures)
                              pamtester, recording_module, scratch, set_mode)
 from test_nss_spelling import NSS_CI_C, case_insensitive_nss  # noqa: F401 (fixture)
@@ -87,28 +86,6 @@ enum nss_status _nss_@MOD@_getpwnam_r(const char *name, struct passwd *pw, char 
     return NSS_STATUS_UNAVAIL;
 }
 """
-
-DECIDE = """
-import json, sys
-from pam_vrf import policy
-rules = policy.parse(sys.stdin.read(), "vrf.conf")
-got = {}
-for user in sys.argv[1:]:
-    try:
-        rule = policy.decide(rules, user, "sshd")
-        got[user] = rule.where if rule else None
-    except policy.Undecidable as e:
-        got[user] = "undecidable-strict" if e.strict else "undecidable"
-print(json.dumps(got))
-"""
-
-
-def decide_in(nsswitch, text, names):
-    proc = subprocess.run(in_namespace(nsswitch, [PY, "-I", "-c", DECIDE, *names]), input=text, text=True,
-                          capture_output=True, env={"PATH": SYSTEM_PATH}, cwd="/", timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
-
 
 @pytest.fixture
 def shadowing_nss(throwaway_user):

@@ -641,7 +641,7 @@ def test_enumeration_path_gives_same_decisions(nss_accounts, monkeypatch):
     assert len({r.who for r in few if r.who.startswith("@")}) <= above
 
     calls = {"getgrall": 0, "getgrnam": []}
-    real_getgrall, real_getgrnam = grp.getgrall, grp.getgrnam
+    real_getgrall, real_getgrnam = nss.groups, nss.group
 
     def counting_getgrall():
         calls["getgrall"] += 1
@@ -651,8 +651,8 @@ def test_enumeration_path_gives_same_decisions(nss_accounts, monkeypatch):
         calls["getgrnam"].append(name)
         return real_getgrnam(name)
 
-    monkeypatch.setattr(policy.grp, "getgrall", counting_getgrall)
-    monkeypatch.setattr(policy.grp, "getgrnam", counting_getgrnam)
+    monkeypatch.setattr(policy.nss, "groups", counting_getgrall)
+    monkeypatch.setattr(policy.nss, "group", counting_getgrnam)
 
     who_list = [p + "a", p + "b", p + "c", p + "nouser", "root"]
     services = ["sshd", "login", "su", "cron", None, "other"]
@@ -707,9 +707,8 @@ def test_enumeration_falls_back_to_lookup_for_hidden_groups(nss_accounts, monkey
     """SSSD/LDAP without enumerate: a group missing from getgrall() still matches."""
     p = nss_accounts
     hidden = {f"{p}g2", f"{p}g3"}
-    real_getgrall = grp.getgrall
-    monkeypatch.setattr(policy.grp, "getgrall",
-                        lambda: [g for g in real_getgrall() if g.gr_name not in hidden])
+    real_getgrall = nss.groups
+    monkeypatch.setattr(policy.nss, "groups", lambda: [g for g in real_getgrall() if g[0] not in hidden])
     body = f"@{p}g3 vrf-g3 services=sshd\n@{p}g2 vrf-g2\n* -\n"
     many = policy.parse(_decoy_rules(p, policy.GroupNames.ENUMERATE_ABOVE + 1) + body)
     assert names(policy.decide(many, p + "a", "sshd"))[:2] == (f"@{p}g3", "vrf-g3")
