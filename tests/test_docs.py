@@ -302,6 +302,18 @@ def test_readme_line_counts():
         assert abs(actual - claim) <= 0.15 * claim, f"README says ~{claim} lines of C, pam_vrf.c has {actual}"
 
 
+def test_readme_instruction_counts():
+    """The program sizes the README gives are what the builders emit."""
+    from pam_vrf.bpf import egressprog, sockprog
+    text = read("README.md")
+    binding = int(re.search(r"sock-create: (\d+) instructions for a binding", text).group(1))
+    assert binding == len(sockprog.build(sockprog.Settings(ifindex=4))) // 8
+    egress = int(re.search(r"egress: ~(\d+)\)", text).group(1))
+    for devices in ([4], [4, 5]):
+        assert abs(len(egressprog.build(devices, 3)) // 8 - egress) <= 2
+    assert f"egressprog.py`, ~{egress} instructions" in text
+
+
 def test_readme_where_things_are_names_every_folder():
     text = read("README.md")
     section = re.search(r"^## Where things are\n(.*?)(?=^## )", text, flags=re.M | re.S)
