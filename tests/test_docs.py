@@ -116,6 +116,27 @@ def test_readme_commands_table_is_the_parser():
     assert any(row.startswith("pam-vrf-helper") for row in rows)
 
 
+def test_pam_vrf_man_page_doctor_checks_are_the_code():
+    """DOCTOR's list of checks is every check name doctor's modules report."""
+    documented = {plain(tag).split()[1] for tag in tagged(sections("doc/pam-vrf.8")["DOCTOR"])
+                  if re.match(r"\.B \S+$", plain(tag))}
+    in_code = set()
+    for name in os.listdir(os.path.join(REPO, "pam_vrf", "doctor")):
+        if name.endswith(".py"):
+            source = read(f"pam_vrf/doctor/{name}")
+            in_code |= set(re.findall(r'(?:Finding\(|_guarded\(\w+, )"([a-z-]+)"', source))
+    assert in_code - {"root"} == documented      # "root": not a check, the warning that most were skipped
+
+
+def test_every_install_placeholder_is_replaced():
+    """@NAME@ in a man page or unit is one `make install` fills in."""
+    known = set(re.findall(r"s\|(@[A-Z]+@)\|", read("Makefile")))
+    for folder in ("doc", "helper"):
+        for name in os.listdir(os.path.join(REPO, folder)):
+            used = set(re.findall(r"@[A-Z]+@", read(f"{folder}/{name}")))
+            assert used <= known, (name, used - known)
+
+
 # --- pam-vrf-helper(8) -----------------------------------------------------
 
 def test_helper_man_page_options_are_the_parser():
