@@ -190,6 +190,22 @@ def test_vrf_conf_man_page_deny_items_are_the_parser():
     assert f"{sockspec.MAX_DENY}" in plain(read("doc/vrf.conf.5"))
 
 
+def test_vrf_conf_man_page_limits_are_the_parser():
+    page = plain(read("doc/vrf.conf.5"))
+    from pam_vrf import netdev
+    longest = int(re.search(r"1 to (\d+) printable ASCII", page).group(1))
+    assert netdev.check_ifname("v" * longest) is None and netdev.check_ifname("v" * (longest + 1))
+    for field, at in {"type": "inet:{}", "protocol": "inet:stream:{}"}.items():
+        largest = int(re.search(rf"\.I {field}\b.*?a number up to (\d+)", page, flags=re.S).group(1))
+        sockspec.parse_deny(at.format(largest))
+        with pytest.raises(ValueError):
+            sockspec.parse_deny(at.format(largest + 1))
+    assert re.search(rf"at most {sockspec.MAX_DENY} items", page)
+    policy.parse(f"* mgmt deny={','.join(['inet'] * sockspec.MAX_DENY)}\n", "t")
+    with pytest.raises(policy.ConfigError):
+        policy.parse(f"* mgmt deny={','.join(['inet'] * (sockspec.MAX_DENY + 1))}\n", "t")
+
+
 # --- README: files, tests, functions, counts -------------------------------
 
 def readme_code_spans():
