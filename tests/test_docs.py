@@ -238,8 +238,8 @@ def test_readme_named_files_exist():
     assert [p for p in sorted(named) if not os.path.exists(os.path.join(REPO, p))] == []
 
 
-def readme_test_names():
-    return set(re.findall(r"(?<![\w/])(test_[a-z0-9_]+?)(?:\.py)?\b", read("README.md")))
+def readme_test_names(doc="README.md"):
+    return set(re.findall(r"(?<![\w/])(test_[a-z0-9_]+?)(?:\.py)?\b", read(doc)))
 
 
 def host_and_vm_test_files():
@@ -262,6 +262,14 @@ def test_readme_names_every_host_test_file():
     named = readme_test_names() | {"test_policy_fuzz"}      # `test_policy*.py`
     host = sorted(name for name, path in host_and_vm_test_files().items() if path.startswith("tests/test_"))
     assert [name for name in host if name not in named] == []
+
+
+def test_vagrant_readme_names_every_vm_test_file():
+    """vagrant/README.md's table of tests/vm: every test file, and only those."""
+    files = host_and_vm_test_files()
+    named = {name for name in readme_test_names("vagrant/README.md") if name.startswith(("test_vm_", "test_smoke"))}
+    vm = {name for name, path in files.items() if path.startswith("tests/vm/")}
+    assert sorted(vm - named) == [] and sorted(named - vm) == []
 
 
 def definitions(path):
