@@ -139,6 +139,46 @@ def test_every_install_placeholder_is_replaced():
 
 # --- pam-vrf-helper(8) -----------------------------------------------------
 
+def bold_words(line):
+    """The literal (bold) arguments of a .B/.BI/.IB/.BR/.RB line."""
+    found = re.match(r"^\.(BI|IB|BR|RB|B)\s+(.*)$", line)
+    if not found:
+        return []
+    macro, rest = found.groups()
+    args = re.findall(r'"([^"]*)"|(\S+)', plain(rest).replace("\\(aq", "'"))
+    args = [quoted or bare for quoted, bare in args]
+    if macro == "B":
+        return [" ".join(args)]
+    return [arg for i, arg in enumerate(args) if (i % 2 == 0) == (macro in ("BI", "BR"))]
+
+
+def test_helper_man_page_log_lines_are_the_code():
+    """Every literal piece of a message pam-vrf-helper(8) LOGGING lists is
+    text the code writes."""
+    pieces = []
+    for folder, _, files in os.walk(os.path.join(REPO, "pam_vrf")):
+        for name in files:
+            if name.endswith(".py"):
+                tree = ast.parse(read(os.path.relpath(os.path.join(folder, name), REPO)))
+                pieces += [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+    corpus = "\0".join(pieces)
+
+    def written(text):
+        # or the end of one string and the start of another (a message put together)
+        halves = ((text[:i].strip(), text[i:].strip()) for i, ch in enumerate(text) if ch == " ")
+        return text in corpus or any(any(p.rstrip().endswith(a) for p in pieces)
+                                     and any(p.lstrip().startswith(b) for p in pieces) for a, b in halves)
+
+    missing = []
+    for line in sections("doc/pam-vrf-helper.8")["LOGGING"].splitlines():
+        for words in bold_words(line):
+            for piece in re.split(r":\s", words):
+                piece = piece.strip(" ;,.:()'")
+                if len(piece) >= 5 and not written(piece):
+                    missing.append((piece, line))
+    assert missing == []
+
+
 def test_helper_man_page_options_are_the_parser():
     page = sections("doc/pam-vrf-helper.8")
     options = helper_parser_options()
