@@ -12,6 +12,7 @@ import fnmatch
 import io
 import os
 import re
+import tokenize
 
 import pytest
 
@@ -375,7 +376,55 @@ def test_named_python_functions_exist(doc):
                     if not set(parts[i:i + 1]) <= definitions(modules[module]):
                         wrong.append(span)
                     break
-    assert wrong == []
+    assert wrong == [], wrong
+
+
+def comments_and_docstrings(path):
+    """(line, text) of every comment and docstring-like string of a Python file."""
+    source = read(path)
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT or (
+                token.type == tokenize.STRING and token.string.lstrip("rRbBuUfF").startswith(('"""', "'''"))):
+            yield token.start[0], token.string
+
+
+# Functions of the kernel, libc, bcc and the standard library that comments name.
+EXTERNAL_CALLS = {"sendmsg", "recv", "connect", "getaddrinfo", "getgrouplist", "getgrent", "getXXbyYY_r",
+                  "inet_create", "dev_valid_name", "int", "perf_buffer_poll", "pidfd_open",
+                  "bpf_get_current_pid_tgid", "bpf_get_current_uid_gid", "bpf_get_current_cgroup_id",
+                  "bpf_ktime_get_ns", "socket", "listen", "stat"}
+
+
+def test_code_comments_name_functions_that_exist():
+    """A comment or docstring in pam_vrf/ or pam.d/ that names `name()` or
+    `module.name` of this package names something that is still there."""
+    modules = package_modules()
+    everywhere = set()
+    for path in set(modules.values()):
+        everywhere |= definitions(path)
+    everywhere |= set(re.findall(r"^\w[\w *]*?\b(\w+)\(", read("pam_module/pam_vrf.c"), flags=re.M))
+    wrong = []
+    for path in sorted(set(modules.values())) + ["pam.d/pam_vrf.py"]:
+        for line, text in comments_and_docstrings(path):
+            for dotted, name in re.findall(r"(?<![\w.])((?:[A-Za-z_]\w*\.)*)([a-z_]\w*)\(\)", text):
+                if not dotted and name not in everywhere and name not in EXTERNAL_CALLS:
+                    wrong.append(f"{path}:{line}: {name}()")
+            for ref in re.findall(r"(?<![\w./-])((?:pam_vrf\.)?[a-z_]\w*(?:\.[A-Za-z_]\w*)+)", text):
+                parts = ref.split(".")
+                if parts[-1] in FILE_SUFFIXES:
+                    continue
+                for i in range(len(parts), 0, -1):
+                    module = ".".join(parts[:i])
+                    if module in modules:
+                        if not set(parts[i:i + 1]) <= definitions(modules[module]) | submodules(module, modules):
+                            wrong.append(f"{path}:{line}: {ref}")
+                        break
+    assert wrong == [], wrong
+
+
+def submodules(module, modules):
+    full = modules[module][:-3].replace("/", ".").removesuffix(".__init__")
+    return {name[len(full) + 1:].split(".")[0] for name in modules if name.startswith(full + ".")}
 
 
 def test_readme_line_counts():
