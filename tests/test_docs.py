@@ -247,6 +247,19 @@ def test_vrf_conf_man_page_limits_are_the_parser():
         policy.parse(f"* mgmt deny={','.join(['inet'] * (sockspec.MAX_DENY + 1))}\n", "t")
 
 
+def test_policy_examples_parse():
+    """vrf.conf(5)'s and the README's examples and the sample's commented
+    rules are valid policy (the parser `pam-vrf check` and the helper use)."""
+    examples = re.findall(r"^\.nf\n(.*?)^\.fi", sections("doc/vrf.conf.5")["EXAMPLES"], flags=re.M | re.S)
+    readme = re.search(r"^## vrf\.conf\n.*?```\n(.*?)```", read("README.md"), flags=re.M | re.S).group(1)
+    sample = "".join(line[2:] for line in read("pam.d/vrf.conf.sample").splitlines(keepends=True)
+                     if re.match(r"# (?!who )([@*]\S*|[a-z][\w.-]*)\s{2,}\S", line))
+    texts = [plain(example) for example in examples] + [readme, sample]
+    assert len(examples) >= 3 and sample
+    for text in texts:
+        assert policy.parse(text, "example")
+
+
 # --- README: files, tests, functions, counts -------------------------------
 
 def readme_code_spans():
