@@ -4,6 +4,7 @@
 #   make install     everything a host needs (see README "Install")
 #   make uninstall   remove it again (keeps an edited /etc/security/vrf.conf)
 #   make test        install test dependencies, run the whole suite (host + VM)
+#   make check       the tests that need neither root nor the kernel (seconds, any user)
 #   make demo        a sandbox ssh login that lands in a VRF, then clean up
 #   make bench       benchmarks (figures in the README)
 
@@ -36,7 +37,7 @@ PAM_LDFLAGS = -Wl,-z,relro,-z,now
 PATHS_SED   = -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@SBINDIR@|$(SBINDIR)|g' -e 's|@DOCDIR@|$(DOCDIR)|g' \
               -e 's|@UNITDIR@|$(UNITDIR)|g' -e 's|@SYSUSERSDIR@|$(SYSUSERSDIR)|g' -e 's|@TMPFILESDIR@|$(TMPFILESDIR)|g'
 
-.PHONY: all install uninstall test test-host test-vm deps demo bench clean
+.PHONY: all install uninstall test test-host test-vm check deps demo bench clean
 
 all: pam_module/pam_vrf.so
 
@@ -100,14 +101,22 @@ test: deps test-host test-vm
 test-host:
 	$(PYTHON) -m pytest -q -p no:cacheprovider --ignore=tests/vm tests
 
+# The tests that need neither root nor the kernel (parsers, policy, PAM stacks,
+# protocol, docs against the code): seconds, as any user, under any python3
+# with pytest >= 7 (make check CHECK_PYTHON=python3.13). Markers: setup.cfg.
+CHECK_PYTHON ?= python3
+check:
+	$(CHECK_PYTHON) -m pytest -q -p no:cacheprovider -m "not root and not slow and not vm" tests
+
 # The real-VRF suite in a VM of each Debian release in SUITES, one after the
-# other (make test-vm SUITES=trixie: one); fails if any failed. The benchmarks
-# run on BENCH_SUITE only (the README's figures).
-SUITES      ?= bookworm
+# other (make test-vm SUITES=trixie: one); fails if any failed. One `make deb`
+# for all (PAM_VRF_VM_DEB); the benchmarks run on BENCH_SUITE only (the
+# README's figures).
+SUITES      ?= bookworm trixie
 BENCH_SUITE ?= bookworm
-test-vm:
-	@rc=0; for s in $(SUITES); do \
-	    vagrant/ci/test-vm --suite $$s $$([ $$s = "$(BENCH_SUITE)" ] || echo --no-bench) || rc=1; \
+test-vm: deb
+	@rc=0; deb=$$(ls -1 $(CURDIR)/dist/pam-vrf_*.deb | tail -n 1); for s in $(SUITES); do \
+	    PAM_VRF_VM_DEB=$$deb vagrant/ci/test-vm --suite $$s $$([ $$s = "$(BENCH_SUITE)" ] || echo --no-bench) || rc=1; \
 	done; exit $$rc
 
 demo:
@@ -145,7 +154,9 @@ deb: deb-deps
 # box from the CI image's base, provision.sh), an operator login checked to
 # land in VRF mgmt, then everything destroyed; libvirtd and the VM live in a
 # network namespace of their own. 3-4.5 min warm. `make test` runs it too
-# (tests/test_vagrant.py; PAM_VRF_VAGRANT_UP=0 skips it there).
+# (tests/test_vagrant.py; PAM_VRF_VAGRANT_UP=0 skips it there). Debian 13;
+# make vagrant-up VAGRANT_SUITE=bookworm: Debian 12.
+VAGRANT_SUITE ?= trixie
 .PHONY: vagrant-up
 vagrant-up:
-	vagrant/ci/vagrant-up
+	vagrant/ci/vagrant-up --suite $(VAGRANT_SUITE)

@@ -36,9 +36,14 @@ import time
 import uuid
 
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import testlab  # noqa: E402
-from testlab import (HELPER_BIN, HOOK, PY, REPO, cgroup_mount, members, remove_cgroup_tree,  # noqa: E402,F401
-                     sh)
+from testlab.cgroups import cgroup_mount, members, remove_cgroup_tree  # noqa: E402,F401
+from testlab.helper import HELPER_BIN, HELPER_CAPS, helper_argv, helper_dir, wait_helper  # noqa: E402
+from testlab.net import add_netns, add_veth, netns_names, remove_netns  # noqa: E402
+from testlab.pam import HOOK, write_pam_service  # noqa: E402
+from testlab import run as lab_run  # noqa: E402
+from testlab import users as lab_users  # noqa: E402
+from testlab.run import PY, REPO, sh, stop_process, unlink_quietly, write_file  # noqa: E402,F401
+from testlab.users import remove_user  # noqa: E402
 
 REGISTRY = "/run/pam-vrf-bench"
 PREFIX = "pvb"                  # netns, users, groups, devices start with PREFIX + tag
@@ -202,15 +207,15 @@ def sweep_tag(tag, record):
     stem = f"{PREFIX}{tag}"
     for path in glob.glob(f"/etc/pam.d/{PAM_PREFIX}{tag}*"):
         os.unlink(path)
-    for name in testlab.netns_names():
+    for name in netns_names():
         if name.startswith(stem):
-            testlab.remove_netns(name)
+            remove_netns(name)
     for mount in (cgroup_mount(), cpu_v1_mount()):
         if mount:
             remove_cgroup_tree(os.path.join(mount, CGROUP_PREFIX + tag))
     users = [p.pw_name for p in pwd.getpwall() if p.pw_name.startswith(stem)]
     for user in users:
-        testlab.remove_user(user)
+        remove_user(user)
     groups = [line.split(":", 1)[0] for line in open("/etc/group") if line.startswith(stem)]
     for group in groups:
         sh("groupdel", group, check=False)
@@ -264,13 +269,13 @@ def hierarchy(path):
 
 def join_cgroup(path):
     """A preexec_fn that moves the child into cgroup `path`."""
-    return testlab.enter(path)
+    return lab_run.enter(path)
 
 
 def enter(cgroup_dir=None, user=None, also=()):
     """A preexec_fn: join cgroup `cgroup_dir` (and the cgroup v1 directories
     `also`) as root, then become `user` (a pwd entry)."""
-    return testlab.enter(cgroup_dir, user=user, also=also)
+    return lab_run.enter(cgroup_dir, user=user, also=also)
 
 
 # -- the lab: netns + veth target + sandbox cgroup + helper ------------------------
@@ -281,15 +286,15 @@ class Lab:
         self.ns = run.name("n")
         self.target = run.name("v")          # 'pvb' + 5 + 1 = 9 chars < IFNAMSIZ
         self.peer = run.name("q")
-        testlab.add_netns(self.ns)
-        run.defer(testlab.remove_netns, self.ns)
+        add_netns(self.ns)
+        run.defer(remove_netns, self.ns)
         self.add_target()
         self.sandbox = os.path.join(cgroup_mount(), CGROUP_PREFIX + run.tag)
         os.mkdir(self.sandbox)
         run.defer(remove_cgroup_tree, self.sandbox)
 
     def add_target(self):
-        testlab.add_veth(self.ns, self.target, self.peer)
+        add_veth(self.ns, self.target, self.peer)
         return self.ifindex()
 
     def ifindex(self):
@@ -302,25 +307,25 @@ class Lab:
         return path
 
     def nsenter(self, argv):
-        return testlab.nsenter(self.ns, argv)
+        return lab_run.nsenter(self.ns, argv)
 
     def write(self, name, text, mode=0o644):
-        return testlab.write_file(os.path.join(self.run.dir, name), text, mode)
+        return write_file(os.path.join(self.run.dir, name), text, mode)
 
     def pam_service(self, suffix, session_line=None):
         """/etc/pam.d/bench-pvt<tag><suffix>: pam_permit everywhere, plus
         `session_line` (none: a pam_permit.so-only stack)."""
         name = f"{PAM_PREFIX}{self.run.tag}{suffix}"
-        self.run.defer(_unlink, testlab.write_pam_service(name, session_line))
+        self.run.defer(_unlink, write_pam_service(name, session_line))
         return name
 
 
-_unlink = testlab.unlink_quietly
+_unlink = unlink_quietly
 
 
 def add_user(run, suffix, groups=()):
-    user = testlab.add_user(run.name(suffix), groups)
-    run.defer(testlab.remove_user, user.pw_name)
+    user = lab_users.add_user(run.name(suffix), groups)
+    run.defer(remove_user, user.pw_name)
     return user
 
 
@@ -397,13 +402,13 @@ class Helper:
     ambient CAP_BPF,CAP_NET_ADMIN(,CAP_DAC_OVERRIDE), inside the lab's netns.
     Its output lines are kept with their arrival time (time.monotonic)."""
 
-    CAPS = testlab.HELPER_CAPS
+    CAPS = HELPER_CAPS
 
     def __init__(self, lab, config, suffix="h", profile=None, wrap=None):
         self.lab = lab
         self.wrap = wrap            # argv -> argv (e.g. PrivateNss.wrap)
         self.user = add_user(lab.run, suffix)
-        self.workdir = testlab.helper_dir(lab.run.runtime_dir(), self.user, f"helper-{suffix}")
+        self.workdir = helper_dir(lab.run.runtime_dir(), self.user, f"helper-{suffix}")
         self.socket = os.path.join(self.workdir, "helper.sock")
         self.root_socket = os.path.join(self.workdir, "root.sock")     # protocol.root_socket()
         self.config = config
@@ -417,7 +422,7 @@ class Helper:
         cmd = [HELPER_BIN]
         if self.profile:
             cmd = [PY, "-m", "cProfile", "-o", self.profile, HELPER_BIN]
-        argv = testlab.helper_argv(self.user, self.socket, self.config, self.lab.ns, program=cmd)
+        argv = helper_argv(self.user, self.socket, self.config, self.lab.ns, program=cmd)
         return self.wrap(argv) if self.wrap else argv
 
     def start(self):
@@ -425,7 +430,7 @@ class Helper:
                                      cwd="/")
         threading.Thread(target=self._read, daemon=True).start()
         try:
-            testlab.wait_helper(self.socket, self.proc, self.output, timeout=20)
+            wait_helper(self.socket, self.proc, self.output, timeout=20)
         except AssertionError as e:
             raise RuntimeError(str(e)) from None
         return self
@@ -484,7 +489,7 @@ class Helper:
         return out
 
     def stop(self):
-        testlab.stop_process(self.proc, timeout=10)
+        stop_process(self.proc, timeout=10)
 
 
 # -- syslog -----------------------------------------------------------------------

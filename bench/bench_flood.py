@@ -39,7 +39,7 @@ import time
 
 from bench_common import (CGROUP_PREFIX, PY, Helper, add_user, cpu_v1_mount, enter, median, percentile, say,
                           shuffled_rounds)
-import testlab  # noqa: E402,I100  (bench_common puts the repository on sys.path)
+from testlab import flooder  # noqa: E402,I100  (bench_common puts the repository on sys.path)
 
 CLIENTS = 20
 FLOODERS = {"churn": 8, "hold": 8, "garbage": 8, "place": 8}
@@ -128,7 +128,8 @@ class RootDriver:
 
 # Unprivileged flooder: argv SOCKET KIND VRF. Stops on SIGTERM and prints its
 # counts (testlab's, shared with tests/test_login.py).
-FLOODER = testlab.FLOODER
+with open(flooder.__file__) as _f:
+    FLOODER = _f.read()
 
 
 class Flood:

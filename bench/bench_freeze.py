@@ -32,8 +32,8 @@ import time
 
 from bench_common import PY, Helper, add_user, median, percentile, say, shuffled_rounds
 from bench_flood import RootDriver
-import testlab  # noqa: E402,I100  (bench_common puts the repository on sys.path)
-from testlab.fdflood import DESCRIPTOR_FLOOD  # noqa: E402
+from testlab.fdflood import DESCRIPTOR_FLOOD  # noqa: E402,I100  (bench_common puts the repository on sys.path)
+from testlab.run import enter, stop_process  # noqa: E402
 
 CLIENTS = 4
 CONDITIONS = ("quiet", "attack")
@@ -63,7 +63,7 @@ def bench(lab, rounds=3, bursts=25, nofile="1024:20000", pythonpath=None):
 
     def close():
         for p in evil:
-            testlab.stop_process(p, timeout=1)
+            stop_process(p, timeout=1)
         evil.clear()
         driver.close()
     run.defer(close)
@@ -80,7 +80,7 @@ def bench(lab, rounds=3, bursts=25, nofile="1024:20000", pythonpath=None):
             if cond == "attack":
                 p = subprocess.Popen([PY, "-c", DESCRIPTOR_FLOOD, helper.socket, "16", "253", "3600"],
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd="/",
-                                     preexec_fn=testlab.enter(None, lab.ns, attacker))
+                                     preexec_fn=enter(None, lab.ns, attacker))
                 evil.append(p)
                 if p.stdout.readline().strip() != "passed":
                     raise RuntimeError("the attacker did not start")
@@ -92,7 +92,7 @@ def bench(lab, rounds=3, bursts=25, nofile="1024:20000", pythonpath=None):
                 threads[cond].append(_count(f"/proc/{pid}/task"))
             cpu[cond].append((helper.cpu_seconds() - c0) / (time.monotonic() - t0))
             if cond == "attack":
-                testlab.stop_process(evil.pop(), timeout=1)
+                stop_process(evil.pop(), timeout=1)
                 time.sleep(1.0)                     # the helper lets go of what the attacker left
     close()
     if helper.proc.poll() is not None:

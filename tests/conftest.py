@@ -1,42 +1,38 @@
-"""Shared fixtures: network namespaces, a sandbox cgroup, throwaway users,
-and a way to run a small Python program inside a cgroup / netns / user.
-They are thin pytest wrappers around testlab (the repository's lab kit,
-shared with the benchmarks, the demo and the VM tests). At the end of the
-session the host is compared with its state at the start: anything the run
-left behind fails it (pytest_sessionfinish below).
+"""Shared fixtures: network namespaces, a sandbox cgroup, throwaway users, the
+installed product, a syslog sink, helpers started as in production. They are
+thin pytest wrappers around testlab (the repository's lab kit, shared with the
+benchmarks, the demo and the VM tests): tests import what they call from
+testlab, never from this file. At the end of the session the host is compared
+with its state at the start: anything the run left behind fails it
+(pytest_sessionfinish below).
+
+Markers (setup.cfg): `root` marks a test that needs root and this host's
+kernel, `slow` one that takes minutes, `vm` the tests/vm ones (given here, by
+path). `make check` runs the rest without root under any python3 with pytest;
+a run that selects a root test must be root under Debian's interpreter.
 
 Everything a test creates carries a unique name and is removed in the
 fixture's teardown, also when the test fails. Nothing touches the host's
 own interfaces, users or PAM/sshd configuration.
 """
 
-import json
 import os
+import re
 import shutil
-import subprocess
 import sys
 
 import pytest
 
+from testlab.cgroups import remove_cgroup_tree
+from testlab.helper import Helper, helper_dir
+from testlab.hoststate import HostState
+from testlab.net import add_netns, remove_netns
+from testlab.run import PY, REPO, public_dir, sh, uid_tag, write_file
+from testlab.syslogsink import SyslogSink
+from testlab.users import add_user, remove_user
 from pam_vrf import cgroup
 
-sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import testlab  # noqa: E402  (the repository's lab kit: see testlab/__init__.py)
-from testlab import PY, REPO, remove_cgroup_tree, sh, uid_tag  # noqa: E402,F401  (the tests import them from here)
-
-
-def spawn(argv, netns=None, cgroup_dir=None, user=None, **kw):
-    return subprocess.Popen(argv, preexec_fn=testlab.enter(cgroup_dir, netns, user), **kw)
-
-
-def run_py(code, netns=None, cgroup_dir=None, user=None, args=(), env=None, timeout=30):
-    """Run `code` with Debian's python3 inside cgroup/netns/user; returns its
-    stdout parsed as JSON (the code prints one JSON value)."""
-    proc = spawn([PY, "-c", code, *map(str, args)], netns, cgroup_dir, user,
-                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd="/")
-    out, err = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, f"child failed ({proc.returncode}):\n{err}"
-    return json.loads(out)
+VM_TESTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vm")
 
 
 @pytest.fixture
@@ -47,11 +43,11 @@ def netns():
     def make(tag=""):
         name = f"pvt-{uid_tag()}{tag}"
         made.append(name)
-        return testlab.add_netns(name)
+        return add_netns(name)
 
     yield make
     for name in made:
-        testlab.remove_netns(name)
+        remove_netns(name)
 
 
 @pytest.fixture
@@ -73,20 +69,21 @@ def throwaway_user():
     def make(groups=()):
         name = f"pvt{uid_tag()}"
         made.append(name)
-        return testlab.add_user(name, groups)
+        return add_user(name, groups)
 
     yield make
     for name in made:
-        testlab.remove_user(name)
+        remove_user(name)
 
 
 @pytest.fixture(scope="session")
 def public_repo():
-    """A copy of the package that other users can import (the checkout may sit
-    below a directory only root can enter)."""
-    where = testlab.public_dir("pam-vrf-pkg-")
-    shutil.copytree(os.path.join(REPO, "pam_vrf"), os.path.join(where, "pam_vrf"),
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    """A copy of the package and of testlab that other users can import (the
+    checkout may sit below a directory only root can enter)."""
+    where = public_dir("pam-vrf-pkg-")
+    for package in ("pam_vrf", "testlab"):
+        shutil.copytree(os.path.join(REPO, package), os.path.join(where, package),
+                        ignore=shutil.ignore_patterns("__pycache__"))
     for d, dirs, files in os.walk(where):
         for name in dirs:
             os.chmod(os.path.join(d, name), 0o755)
@@ -94,17 +91,6 @@ def public_repo():
             os.chmod(os.path.join(d, name), 0o644)
     yield where
     shutil.rmtree(where, ignore_errors=True)
-
-
-def pam_vrf_cli(*args, env_extra=None, check=False):
-    """Run the `pam-vrf` CLI from this checkout."""
-    env = dict(os.environ, PYTHONPATH=REPO, **(env_extra or {}))
-    return sh(PY, "-m", "pam_vrf", *args, check=check, env=env)
-
-
-if sys.executable != PY and not os.environ.get("PAM_VRF_ANY_PYTHON"):
-    # The product runs on Debian's interpreter (pam_python embeds it): test there.
-    raise pytest.UsageError(f"run the tests with {PY} -m pytest (this is {sys.executable})")
 
 
 # -- installed product, syslog, helper daemon ---------------------------------
@@ -122,43 +108,9 @@ def installed():
 
 @pytest.fixture(scope="session")
 def syslog():
-    sink = testlab.SyslogSink()
+    sink = SyslogSink()
     yield sink
     sink.close()
-
-
-class Helper:
-    """pam-vrf-helper as in production: a non-root user with ambient caps only,
-    its output in WORKDIR/helper.log, its syslog to `syslog` (a SyslogSink)."""
-
-    CAPS = testlab.HELPER_CAPS
-
-    def __init__(self, user, workdir, config, netns=None, syslog=None):
-        self.user, self.workdir, self.config, self.netns, self.syslog = user, workdir, config, netns, syslog
-        self.socket = os.path.join(workdir, "helper.sock")
-        self.root_socket = os.path.join(workdir, "root.sock")
-        self.proc = None
-
-    def argv(self):
-        argv = testlab.helper_argv(self.user, self.socket, self.config, self.netns, debug=True)
-        return self.syslog.wrap(argv) if self.syslog else argv
-
-    def start(self):
-        self.log = open(os.path.join(self.workdir, "helper.log"), "ab")
-        self.proc = subprocess.Popen(self.argv(), stdout=self.log, stderr=subprocess.STDOUT)
-        testlab.wait_helper(self.socket, self.proc, self.output)
-        return self
-
-    def stop(self):
-        testlab.stop_process(self.proc)
-        self.proc = None
-
-    def alive(self):
-        return self.proc is not None and self.proc.poll() is None
-
-    def output(self):
-        with open(os.path.join(self.workdir, "helper.log"), "rb") as f:
-            return f.read().decode(errors="replace")
 
 
 @pytest.fixture
@@ -168,7 +120,7 @@ def helper_factory(installed, throwaway_user):
 
     def make(config, netns=None, syslog=None):
         user = throwaway_user()
-        workdir = testlab.helper_dir(None, user)
+        workdir = helper_dir(None, user)
         helper = Helper(user, workdir, config, netns, syslog)
         started.append(helper)
         return helper.start()
@@ -183,10 +135,10 @@ def helper_factory(installed, throwaway_user):
 def vrf_conf():
     """vrf_conf(text) -> path of a world-readable vrf.conf; rewrite by calling again
     with path=. Removed afterwards."""
-    where = testlab.public_dir("pam-vrf-conf-")
+    where = public_dir("pam-vrf-conf-")
 
     def write(text, path=None):
-        return testlab.write_file(path or os.path.join(where, f"vrf{len(os.listdir(where))}.conf"), text)
+        return write_file(path or os.path.join(where, f"vrf{len(os.listdir(where))}.conf"), text)
 
     yield write
     shutil.rmtree(where, ignore_errors=True)
@@ -194,19 +146,59 @@ def vrf_conf():
 
 # -- a run leaves nothing behind ------------------------------------------------
 
-def pytest_sessionstart(session):
+MODULE_MARK = re.compile(r"^pytestmark = \[?(pytest\.mark\.\w+(?:, pytest\.mark\.\w+)*)\]?$", re.M)
+
+
+def pytest_ignore_collect(collection_path, config):
+    """A module marked as a whole (pytestmark) that the -m expression leaves out
+    is not even imported: its imports may need what only its suite has (pyroute2,
+    bcc), and `make check` must run where they are missing."""
+    if collection_path.suffix != ".py" or not config.option.markexpr:
+        return None
+    try:
+        found = MODULE_MARK.search(collection_path.read_text())
+    except OSError:
+        return None
+    if not found:
+        return None
+    marks = {m.rsplit(".", 1)[1] for m in found.group(1).split(", ")}
+    from _pytest.mark.expression import Expression      # what -m itself evaluates
+    return True if not Expression.compile(config.option.markexpr).evaluate(
+        lambda name, **kwargs: name in marks) else None
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if str(item.fspath).startswith(VM_TESTS + os.sep):
+            item.add_marker(pytest.mark.vm)
+
+
+def pytest_collection_finish(session):
+    """A run that selects a root test needs root and Debian's interpreter (the
+    product runs there: pam_python embeds it), and gets the leftovers check."""
+    root_tests = [item for item in session.items if item.get_closest_marker("root")]
+    if not root_tests or session.config.option.collectonly:
+        return
+    if os.geteuid() != 0:
+        raise pytest.UsageError(f"{len(root_tests)} selected tests need root (marked root, e.g. "
+                                f"{root_tests[0].nodeid}): run them as root, or `make check` for the rest")
+    if sys.executable != PY and not os.environ.get("PAM_VRF_ANY_PYTHON"):
+        raise pytest.UsageError(f"run the root tests with {PY} -m pytest (this is {sys.executable})")
+    _snapshot_host(session)
+
+
+def _snapshot_host(session):
     """Host runs only: not in the test VM (systemd makes and removes cgroups
-    and users' units there as it likes), not for --collect-only, not with
-    PAM_VRF_LEFTOVERS_CHECK=0."""
-    if (os.path.exists("/etc/pam-vrf-test-vm") or session.config.option.collectonly
-            or os.environ.get("PAM_VRF_LEFTOVERS_CHECK") == "0"):
+    and users' units there as it likes), not with PAM_VRF_LEFTOVERS_CHECK=0.
+    Taken after collection, before the first test."""
+    if os.path.exists("/etc/pam-vrf-test-vm") or os.environ.get("PAM_VRF_LEFTOVERS_CHECK") == "0":
         return
     # The first `ip netns add` on a host mounts /run/netns (once, for good):
     # made here, before the snapshot, so the check compares like with like.
     probe = f"pvt-{uid_tag()}probe"
-    testlab.add_netns(probe)
-    testlab.remove_netns(probe)
-    session.config._pam_vrf_host_before = testlab.HostState()
+    add_netns(probe)
+    remove_netns(probe)
+    session.config._pam_vrf_host_before = HostState()
 
 
 @pytest.hookimpl(trylast=True)      # after the session fixtures' teardown
@@ -218,7 +210,7 @@ def pytest_sessionfinish(session, exitstatus):
     before = getattr(session.config, "_pam_vrf_host_before", None)
     if before is None:
         return
-    after = testlab.HostState()
+    after = HostState()
     left, gone = after.leftovers(before), after.gone(before)
     report = session.config.pluginmanager.get_plugin("terminalreporter")
     write = report.write_line if report else print

@@ -20,7 +20,7 @@ import subprocess
 import textwrap
 import time
 
-from conftest import PY, spawn
+from testlab.run import PY, spawn
 from testlab.fdflood import DESCRIPTOR_FLOOD, STUCK_SOCKET  # noqa: F401  (the tests take them from here)
 
 SO_BINDTOIFINDEX = 62

@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 
-from conftest import sh
+from testlab.run import sh
 
 
 @contextlib.contextmanager

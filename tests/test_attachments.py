@@ -6,10 +6,13 @@ import subprocess
 
 import pytest
 
-from conftest import spawn
+from testlab.run import spawn
 from pam_vrf import cgroup
 from pam_vrf.bpf import cgroup_link, syscall
 from pam_vrf.helper.attachments import Attachments, Conflict
+
+pytestmark = pytest.mark.root
+
 
 BIND = {"deny": [], "mark": None, "priority": None, "plain": True}
 STRICTER = dict(BIND, deny=["inet6"])

@@ -35,6 +35,8 @@ import pytest
 from pam_vrf import cgroup, sockspec, trace
 from pam_vrf.bpf import cgroup_link, sockprog, syscall
 
+pytestmark = pytest.mark.root
+
 SOURCE = Path(__file__).resolve().parent.parent / "bpf" / "pam_vrf_sock.c"
 # The test VM (vagrant/ci/test-vm runs this file there) has bcc and the kernel
 # headers: the bcc tests must run there, never skip; it has no clang.

@@ -5,7 +5,9 @@ import os
 import subprocess
 import textwrap
 
-from conftest import PY, REPO, pam_vrf_cli, sh, spawn
+import pytest
+
+from testlab.run import PY, REPO, pam_vrf_cli, sh, spawn
 from pam_vrf import cgroup, programs
 from pam_vrf.bpf import cgroup_link, sockprog, syscall
 
@@ -63,6 +65,7 @@ def test_check_warns_about_targets_it_cannot_see_but_passes(vrf_conf):
     assert f"{conf}:2: warning: 'lo' is not a VRF device (add 'plain'" in proc.stderr
 
 
+@pytest.mark.root
 def test_which_prints_the_decision_target_first(vrf_conf, throwaway_user):
     user = throwaway_user()
     conf = vrf_conf(f"root -\n{user.pw_name} lo plain services=sshd deny=inet6\n* default\n")
@@ -78,6 +81,7 @@ def test_which_prints_the_decision_target_first(vrf_conf, throwaway_user):
     assert pam_vrf_cli("which", "x", "--config", conf + ".missing").returncode == 1
 
 
+@pytest.mark.root
 def test_identify_and_pids_agree_with_iproute2(sandbox_cgroup):
     placed = f"{sandbox_cgroup}/vrf/pvtcli0"
     os.makedirs(placed)
@@ -101,6 +105,7 @@ def test_identify_and_pids_agree_with_iproute2(sandbox_cgroup):
             p.wait()
 
 
+@pytest.mark.root
 def test_status_shows_cgroups_programs_rules_and_members(sandbox_cgroup):
     ours, theirs = f"{sandbox_cgroup}/vrf/lo", f"{sandbox_cgroup}/other/vrf/lo"
     os.makedirs(ours)
@@ -129,6 +134,7 @@ def test_status_shows_cgroups_programs_rules_and_members(sandbox_cgroup):
 PROBE = "import json, socket; s = socket.socket(); print(json.dumps([open('/proc/self/cgroup').read().strip(), s.getsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, 16).rstrip(bytes(1)).decode()]))"
 
 
+@pytest.mark.root
 def test_exec_as_root_places_the_command_through_the_helper(sandbox_cgroup, netns, helper_factory, vrf_conf):
     ns = netns()
     env = dict(os.environ, PYTHONPATH=REPO)

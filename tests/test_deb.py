@@ -19,7 +19,10 @@ import time
 
 import pytest
 
-from conftest import REPO, sh, uid_tag
+from testlab.run import REPO, sh, uid_tag
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
 
 PKG = "pam-vrf"
 MULTIARCH = sh("dpkg-architecture", "-qDEB_HOST_MULTIARCH").stdout.strip()

@@ -25,11 +25,16 @@ import textwrap
 
 import pytest
 
-import testlab
-from conftest import PY, REPO, spawn, uid_tag
+from testlab.net import add_veth
+from testlab.pam import write_pam_service
+from testlab.run import PY, REPO, enter, sh, spawn, stop_process, uid_tag, unlink_quietly
+from testlab.users import add_group, remove_group
 from helper_attacks import Agent
 from pam_vrf import cgroup, programs, protocol
 from pam_vrf.bpf import cgroup_link
+
+pytestmark = pytest.mark.root
+
 
 MODULE = os.path.join(REPO, "pam_module", "pam_vrf.so")
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
@@ -93,7 +98,7 @@ def delegate(path, user=None, group=None):
 
 
 def as_user(user, code, *args):
-    proc = subprocess.run([PY, "-c", code, *map(str, args)], preexec_fn=testlab.enter(user=user),
+    proc = subprocess.run([PY, "-c", code, *map(str, args)], preexec_fn=enter(user=user),
                           capture_output=True, text=True, timeout=30, cwd="/")
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
@@ -121,7 +126,7 @@ class Su:
         return self.report()
 
     def close(self):
-        testlab.stop_process(self.proc)
+        stop_process(self.proc)
         for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             f.close()
 
@@ -130,13 +135,13 @@ class Lab:
     def __init__(self, netns, sandbox, syslog, vrf_conf, throwaway_user, helper_factory):
         self.ns, self.sandbox, self.syslog = netns("d"), sandbox, syslog
         self.dev = f"vd{uid_tag()}"
-        testlab.add_veth(self.ns, self.dev, self.dev + "p")
+        add_veth(self.ns, self.dev, self.dev + "p")
         self.invoker, self.target = throwaway_user(), throwaway_user()
         self.config = vrf_conf(f"{self.target.pw_name}  {self.dev}  plain\n"
                                f"{self.invoker.pw_name}  {self.dev}  plain\n")
         self.helper = helper_factory(self.config, netns=self.ns, syslog=syslog)
         self.service = f"pvt-dl{uid_tag()}"
-        self.pam_file = testlab.write_pam_service(
+        self.pam_file = write_pam_service(
             self.service, f"{PAM_LINE} {MODULE} config={self.config} socket={self.helper.socket} debug")
         self.drivers, self.groups = [], []
 
@@ -148,9 +153,9 @@ class Lab:
     def close(self):
         for driver in self.drivers:
             driver.close()
-        testlab.unlink_quietly(self.pam_file)
+        unlink_quietly(self.pam_file)
         for g in self.groups:
-            testlab.remove_group(g)
+            remove_group(g)
 
 
 @pytest.fixture
@@ -171,9 +176,9 @@ def invokers_tree(lab, how):
     os.mkdir(tree)
     if how == "group":
         group = f"pvd{uid_tag()}"
-        lab.groups.append(testlab.add_group(group))
-        testlab.sh("usermod", "-a", "-G", group, lab.invoker.pw_name)
-        gid = int(testlab.sh("getent", "group", group).stdout.split(":")[2])
+        lab.groups.append(add_group(group))
+        sh("usermod", "-a", "-G", group, lab.invoker.pw_name)
+        gid = int(sh("getent", "group", group).stdout.split(":")[2])
         delegate(tree, group=gid)
     else:
         delegate(tree, lab.invoker)
@@ -310,7 +315,7 @@ def test_the_manager_session_binds_user_at_uid_service_before_the_manager_runs(
     could place a session of the user."""
     ns = netns("m")
     dev = f"vm{uid_tag()}"
-    testlab.add_veth(ns, dev, dev + "p")
+    add_veth(ns, dev, dev + "p")
     user = throwaway_user()
     for n, (text, bound) in enumerate(manager_rules(user, dev)):
         config = vrf_conf(text)
@@ -331,7 +336,7 @@ def test_the_manager_session_binds_user_at_uid_service_before_the_manager_runs(
             assert reply["verdict"] == "placed" and reply["cgroup"] == hierarchy(manager), (text, reply)
             assert len(attached) == 1, (text, attached)
             settings = programs.read_back(attached[0].prog_id)[1]
-            assert settings.ifindex == int(testlab.sh("ip", "-n", ns, "-j", "link", "show", dev).stdout
+            assert settings.ifindex == int(sh("ip", "-n", ns, "-j", "link", "show", dev).stdout
                                            .split('"ifindex":')[1].split(",")[0])
             assert bool(settings.deny) == ("deny=inet6" in text), settings
             syslog.wait_for(["pam-vrf-helper[", f"user {user.pw_name} (service systemd-user)",
@@ -351,7 +356,7 @@ def test_a_manager_session_from_elsewhere_binds_nothing(installed, netns, sandbo
     is bound."""
     ns = netns("e")
     dev = f"ve{uid_tag()}"
-    testlab.add_veth(ns, dev, dev + "p")
+    add_veth(ns, dev, dev + "p")
     user, strict = throwaway_user(), throwaway_user()
     config = vrf_conf(f"{user.pw_name}  {dev}  plain\n{strict.pw_name}  {dev}  plain strict\n")
     helper = helper_factory(config, netns=ns, syslog=syslog)

@@ -29,12 +29,15 @@ import textwrap
 
 import pytest
 
-import testlab
-from conftest import PY, uid_tag
+from testlab.net import add_veth
+from testlab.run import PY, enter, uid_tag
 from helper_attacks import Agent
 from pam_vrf import cgroup, protocol
 from pam_vrf.bpf import cgroup_link
 from test_delegation import MOVE, as_user, delegate, hierarchy, invokers_tree, lab  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.root
+
 
 # As the owner of a cgroup: set the mode of it, its cgroup.procs and
 # cgroup.threads (argv: mode, directories...).
@@ -125,7 +128,7 @@ def manager_lab(installed, netns, sandbox_cgroup, syslog, vrf_conf, throwaway_us
     ns = netns("m")
     devs = [f"vm{uid_tag()}", f"vn{uid_tag()}"]
     for dev in devs:
-        testlab.add_veth(ns, dev, dev + "p")
+        add_veth(ns, dev, dev + "p")
     user = throwaway_user()
     layout = Logind(sandbox_cgroup, user)
     layout.ns, layout.devs, layout.user = ns, devs, user
@@ -257,7 +260,7 @@ def test_the_invoker_moving_su_around_its_tree_while_it_is_placed(lab):
     between two cgroups of its own all the while. Every cgroup of the tree
     has the same trusted base, so the session still lands outside it."""
     terminal, elsewhere, invoker = invokers_tree(lab, "own")
-    shuffler = subprocess.Popen([PY, "-c", SHUFFLE, terminal, elsewhere], preexec_fn=testlab.enter(user=invoker),
+    shuffler = subprocess.Popen([PY, "-c", SHUFFLE, terminal, elsewhere], preexec_fn=enter(user=invoker),
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/")
     try:
         su = lab.su(lab.invoker, lab.target, terminal)

@@ -23,7 +23,8 @@ import time
 
 import pytest
 
-from conftest import PY, REPO, sh, spawn, uid_tag
+from testlab.helper import Helper
+from testlab.run import PY, REPO, sh, spawn, uid_tag
 from pam_vrf import cgroup, programs
 from pam_vrf.bpf import cgroup_link, egressprog, joinprog, sockprog, syscall
 from pam_vrf.doctor import Finding, config, daemon, kernel, resolver, routes
@@ -119,6 +120,7 @@ def assert_finding(proc, level, *needles):
     return hits[0]
 
 
+@pytest.mark.root
 def test_a_healthy_lab_passes_and_json_carries_the_same_findings(lab, helper_factory):
     lab.start_helper(helper_factory)
     before = leftovers()
@@ -149,6 +151,7 @@ def test_a_healthy_lab_passes_and_json_carries_the_same_findings(lab, helper_fac
     assert {f.level for f in findings} <= {"ok", "info", "warning"}
 
 
+@pytest.mark.root
 def test_a_stopped_helper_is_an_error(lab, helper_factory):
     lab.start_helper(helper_factory)
     lab.helper.stop()
@@ -161,6 +164,7 @@ def test_a_stopped_helper_is_an_error(lab, helper_factory):
     assert_finding(proc, "ok", f"self-test: VRF {lab.target}")
 
 
+@pytest.mark.root
 def test_a_missing_target_and_a_device_that_is_not_a_vrf(lab, helper_factory):
     lab.start_helper(helper_factory)
     missing = f"nx{lab.tag}"
@@ -177,6 +181,7 @@ def test_a_missing_target_and_a_device_that_is_not_a_vrf(lab, helper_factory):
     assert not [line for line in lines(proc) if f"VRF {missing}" in line]
 
 
+@pytest.mark.root
 def test_a_pam_vrf_line_before_pam_systemd(lab, helper_factory):
     lab.start_helper(helper_factory)
     (lab.pam_dir / "sshd").write_text(
@@ -190,6 +195,7 @@ def test_a_pam_vrf_line_before_pam_systemd(lab, helper_factory):
     assert_finding(proc, "info", "pam: sshd: pam_vrf.so at sshd:2, before pam_systemd")
 
 
+@pytest.mark.root
 def test_pam_python_in_the_su_stack(lab, helper_factory):
     lab.start_helper(helper_factory)
     (lab.pam_dir / "su").write_text(
@@ -203,6 +209,7 @@ def test_pam_python_in_the_su_stack(lab, helper_factory):
     assert_finding(proc, "info", "pam: su: pam_python at su:3", "unsafe in a setuid client's stack")
 
 
+@pytest.mark.root
 def test_no_pam_vrf_line_anywhere_means_nothing_is_placed(lab, helper_factory):
     lab.start_helper(helper_factory)
     (lab.pam_dir / "common-session").write_text("session required pam_unix.so\n")
@@ -212,6 +219,7 @@ def test_no_pam_vrf_line_anywhere_means_nothing_is_placed(lab, helper_factory):
     assert_finding(proc, "info", "pam: sshd: no pam-vrf line in its session stack")
 
 
+@pytest.mark.root
 def test_a_foreign_program_on_an_ancestor_of_a_vrf_cgroup(lab, helper_factory, sandbox_cgroup):
     lab.start_helper(helper_factory)
     parent = f"{sandbox_cgroup}/{lab.ns}-ns"
@@ -239,6 +247,7 @@ def test_a_foreign_program_on_an_ancestor_of_a_vrf_cgroup(lab, helper_factory, s
     assert len(lines(proc, "error")) == 1, proc.stdout
 
 
+@pytest.mark.root
 def test_a_placed_cgroup_without_the_egress_program(lab, helper_factory, sandbox_cgroup):
     """A session placed by a helper without the egress program (before 0.3.0),
     or whose program root detached: its datagrams can still leave by another link."""
@@ -267,6 +276,7 @@ def test_a_placed_cgroup_without_the_egress_program(lab, helper_factory, sandbox
     assert_finding(lab.doctor(), "ok", "sessions: all 1 placed cgroup(s) carry the egress and multicast-join programs")
 
 
+@pytest.mark.root
 def test_a_resolver_the_vrf_cannot_reach(lab, helper_factory):
     lab.start_helper(helper_factory)
     lab.resolv.write_text("nameserver 127.0.0.53\nnameserver 10.214.0.2\n")
@@ -281,6 +291,7 @@ def test_a_resolver_the_vrf_cannot_reach(lab, helper_factory):
     assert proc.seconds < 8, f"doctor took {proc.seconds:.1f}s"
 
 
+@pytest.mark.root
 def test_a_resolver_reachable_only_outside_the_vrf(lab, helper_factory, netns):
     """A server the lab namespace reaches through another interface: the VRF has no route to it."""
     lab.start_helper(helper_factory)
@@ -303,6 +314,7 @@ def test_a_resolver_reachable_only_outside_the_vrf(lab, helper_factory, netns):
                    "it answers this command outside the VRF", f"the VRF {lab.target} has no route to it")
 
 
+@pytest.mark.root
 def test_sigterm_during_the_live_checks_leaves_nothing_behind(lab, helper_factory):
     lab.start_helper(helper_factory)
     lab.resolv.write_text("nameserver 127.0.0.53\n")       # the live DNS check then waits 2 s
@@ -344,9 +356,9 @@ ACTIVATOR = textwrap.dedent("""
 """)
 
 
+@pytest.mark.root
 def test_socket_activation_the_helper_is_found_among_the_sockets_holders(lab, installed, throwaway_user):
     """SO_PEERCRED names the process that called listen(): under systemd that is PID 1."""
-    from conftest import Helper
     user = throwaway_user()
     where = tempfile.mkdtemp(prefix="pam-vrf-helper-")
     os.chown(where, user.pw_uid, user.pw_gid)
@@ -382,6 +394,7 @@ def test_socket_activation_the_helper_is_found_among_the_sockets_holders(lab, in
                    f"CAP_NET_ADMIN, CAP_BPF (socket made by pid {activator.pid}, e.g. socket activation)")
 
 
+@pytest.mark.root
 def test_not_root_says_so_and_runs_what_it_can(lab, helper_factory, throwaway_user, public_repo):
     lab.start_helper(helper_factory)
     user = throwaway_user()

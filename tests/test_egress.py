@@ -17,11 +17,14 @@ import time
 
 import pytest
 
-import testlab
-from conftest import PY, REPO, run_py, sh, spawn, uid_tag
+from testlab.cgroups import members
+from testlab.run import PY, REPO, run_py, sh, spawn, uid_tag, wait_until
 from test_kernel_placement import lab  # noqa: F401  (the fixture)
 from pam_vrf import programs
 from pam_vrf.bpf import cgroup_link, egressprog, sockprog, syscall
+
+pytestmark = pytest.mark.root
+
 
 EGRESS = os.path.join(REPO, "testlab", "egress.py")
 PORT = 7001
@@ -245,9 +248,9 @@ def test_a_restarted_helper_gives_remembered_sessions_the_egress_program(egress_
                     env={"PATH": "/usr/bin:/bin"})
     try:
         placed = f"{sandbox_cgroup}/{egress_lab['host']}-ns/vrf/{vb}"
-        testlab.wait_until("the sleeper to be placed", lambda: sleeper.pid in testlab.members(placed))
+        wait_until("the sleeper to be placed", lambda: sleeper.pid in members(placed))
         assert len(cgroup_link.query(placed, syscall.CGROUP_INET_EGRESS)) == 1
-        testlab.wait_until("the state file", lambda: os.path.exists(os.path.join(helper.workdir, "attachments.json")))
+        wait_until("the state file", lambda: os.path.exists(os.path.join(helper.workdir, "attachments.json")))
         helper.stop()
         assert cgroup_link.detach(placed, syscall.CGROUP_INET_EGRESS)
         helper.start()

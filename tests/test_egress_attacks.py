@@ -31,12 +31,14 @@ import textwrap
 
 import pytest
 
-import testlab
-from conftest import PY, run_py, spawn
+from testlab.run import PY, public_dir, run_py, spawn
 from test_kernel_placement import lab  # noqa: F401  (the fixture)
 from test_egress import Sink, _text, egress_lab, place, attach_egress  # noqa: F401  (egress_lab: the fixture)
 from pam_vrf import programs
 from pam_vrf.bpf import cgroup_link, sockprog, syscall
+
+pytestmark = pytest.mark.root
+
 
 PORT = 7001
 
@@ -645,7 +647,7 @@ def test_io_uring_sockets_and_sends_are_the_sessions(egress_lab, sandbox_cgroup,
     counter = attach_egress(placed, {egress_lab["vb_index"]})
     outside = f"{sandbox_cgroup}/outside"
     os.mkdir(outside)
-    where = testlab.public_dir("pam-vrf-uring-")       # the user must execute it
+    where = public_dir("pam-vrf-uring-")       # the user must execute it
     src, binary = os.path.join(where, "uring.c"), os.path.join(where, "uring")
     try:
         with open(src, "w") as f:

@@ -25,11 +25,15 @@ import subprocess
 import textwrap
 import time
 
-from conftest import PY, spawn
+import pytest
+
+from testlab.fdflood import STUCK_SOCKET
+from testlab.run import PY, spawn
 from test_helper import agents, hierarchy, placed_in, root_sock, target, veth  # noqa: F401  (fixtures)
 from test_helper_freeze import NORMAL, LimitedHelper, helper_pid, limited_helper, open_fds  # noqa: F401
-from testlab.fdflood import STUCK_SOCKET
-import testlab
+
+pytestmark = pytest.mark.root
+
 
 CLIENT_WAIT = 10.0      # a root client's patience here (the module's is protocol.LOGIN_TIMEOUT)
 

@@ -38,13 +38,16 @@ import time
 
 import pytest
 
-from conftest import PY, REPO, Helper, sh, spawn, uid_tag
+from testlab.helper import Helper
+from testlab.run import PY, REPO, sh, spawn, uid_tag
 from helper_attacks import FLOOD, NSS_FAIL_C, STUCK_SOCKET, USERNS_CLAIM, Agent
 from nsslab import nss_module
 from pam_vrf import cgroup, client, programs, protocol
 from pam_vrf.bpf import cgroup_link
 from pam_vrf.helper import placement, server
 from pam_vrf.log import escape
+
+pytestmark = pytest.mark.root
 
 PIDREUSE = os.path.join(REPO, "testlab", "pidreuse.py")      # the pid-reuse attack, shared with tests/vm
 

@@ -31,12 +31,14 @@ import time
 
 import pytest
 
-from conftest import PY, REPO, Helper, spawn, uid_tag
+from testlab.helper import Helper, helper_dir
+from testlab.run import PY, REPO, sh, spawn, uid_tag
 from helper_attacks import DESCRIPTOR_FLOOD, Agent, kill_quietly
 from pam_vrf import cgroup, protocol
 from pam_vrf.bpf import cgroup_link
 from test_helper import agents, hierarchy, placed_in, root_sock, target, veth  # noqa: F401  (fixtures)
-import testlab
+
+pytestmark = pytest.mark.root
 
 # A login normally takes milliseconds; the frozen helper answered after 30 s.
 NORMAL = 3.0
@@ -62,7 +64,7 @@ def limited_helper(installed, throwaway_user):
 
     def make(config, nofile, netns=None, syslog=None):
         user = throwaway_user()
-        helper = LimitedHelper(user, testlab.helper_dir(None, user), config, netns, syslog)
+        helper = LimitedHelper(user, helper_dir(None, user), config, netns, syslog)
         helper.nofile = nofile
         started.append(helper)
         return helper.start()
@@ -70,7 +72,7 @@ def limited_helper(installed, throwaway_user):
     yield make
     for helper in started:
         helper.stop()
-        testlab.sh("rm", "-rf", helper.workdir, check=False)
+        sh("rm", "-rf", helper.workdir, check=False)
 
 
 def helper_pid(helper):
@@ -188,7 +190,7 @@ def test_logger_writes_at_emfile(syslog):
     mark = syslog.mark()
     other = os.environ.get("PVT_HELPER_PYTHONPATH")        # see LimitedHelper
     env = dict(os.environ, PYTHONPATH=other) if other else None
-    out = testlab.sh("prlimit", "--nofile=256:256", "--", PY, "-c", LOG_AT_EMFILE, syslog.path, tag,
+    out = sh("prlimit", "--nofile=256:256", "--", PY, "-c", LOG_AT_EMFILE, syslog.path, tag,
                      env=env, cwd="/").stdout
     assert out.strip() == "logged"
     syslog.wait_for(["pvt-emfile[", f"at EMFILE {tag}"], mark, timeout=3)

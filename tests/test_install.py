@@ -4,7 +4,12 @@ import os
 import subprocess
 import textwrap
 
-from conftest import PY, REPO, sh
+import pytest
+
+from testlab.run import PY, REPO, sh
+
+pytestmark = pytest.mark.root
+
 
 EXPECTED = [
     "usr/lib/pam-vrf/pam_vrf.py",

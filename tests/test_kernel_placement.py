@@ -20,9 +20,12 @@ import time
 
 import pytest
 
-from conftest import PY, REPO, run_py, sh, spawn, uid_tag
+from testlab.run import PY, REPO, run_py, sh, spawn, uid_tag
 from pam_vrf import cgroup, policy, programs
 from pam_vrf.bpf import asm, cgroup_link, sockprog, syscall
+
+pytestmark = pytest.mark.root
+
 
 SERVER = textwrap.dedent("""
     import socket, sys, threading

@@ -19,12 +19,19 @@ import time
 
 import pytest
 
-import testlab
-from conftest import PY, REPO, remove_cgroup_tree, sh, spawn, uid_tag
+from testlab.cgroups import remove_cgroup_tree
+from testlab.net import add_veth
+from testlab.pam import HOOK, write_pam_service
+from testlab.run import PY, REPO, public_dir, sh, spawn, uid_tag, write_file
+from testlab.sshd import Sshd
+from testlab.users import add_group, remove_group
+from testlab import flooder as flood_client
 from pam_vrf import cgroup, programs
 from pam_vrf.bpf import cgroup_link
 
-HOOK = testlab.HOOK
+pytestmark = pytest.mark.root
+
+
 PAM_VRF = "/usr/local/bin/pam-vrf"
 PORT = 2222
 
@@ -58,23 +65,23 @@ class Lab:
         self.tag = uid_tag()
         self.sshd, self.pam_files, self.groups = None, [], []
         self.service = f"sshd-pvt{self.tag}"
-        self.dir = testlab.public_dir("pam-vrf-lab-")
+        self.dir = public_dir("pam-vrf-lab-")
         self.ns = netns("s")
         self.target = f"vt{self.tag}"
-        testlab.add_veth(self.ns, self.target, f"vp{self.tag}")
+        add_veth(self.ns, self.target, f"vp{self.tag}")
         self.syslog, self.sandbox, self.make_user, self.vrf_conf = syslog, sandbox, throwaway_user, vrf_conf
         self.group = f"pvg{self.tag}"
         self.strict_group = f"pvs{self.tag}"
         self.exec_group = f"pve{self.tag}"
         for g in (self.group, self.strict_group, self.exec_group):
-            self.groups.append(testlab.add_group(g))
+            self.groups.append(add_group(g))
         self.config = vrf_conf(self.policy())
 
     def start(self, helper_factory):
         self.helper = helper_factory(self.config, netns=self.ns, syslog=self.syslog)
-        testlab.write_file(os.path.join(self.dir, "probe.py"), PROBE)
+        write_file(os.path.join(self.dir, "probe.py"), PROBE)
         self.pam_service(self.service, self.hook_line())
-        self.sshd = testlab.Sshd(self.dir, self.service, PORT, netns=self.ns)
+        self.sshd = Sshd(self.dir, self.service, PORT, netns=self.ns)
         self.sshd.start(cgroup_dir=self.sandbox, wrap=self.syslog.wrap)
 
     def policy(self, extra=""):
@@ -91,7 +98,7 @@ class Lab:
         self.vrf_conf(text, path=self.config)
 
     def pam_service(self, name, session_line):
-        self.pam_files.append(testlab.write_pam_service(name, session_line))
+        self.pam_files.append(write_pam_service(name, session_line))
 
     def hook_line(self, extra=""):
         return (f"session [success=ok session_err=bad default=ignore] pam_python.so {HOOK} "
@@ -136,7 +143,7 @@ class Lab:
         # <that cgroup>/<netns>-ns/vrf/..., outside the sandbox.
         remove_cgroup_tree(os.path.join(cgroup.fs_path(cgroup.base_of(cgroup.cgroup_of())), f"{self.ns}-ns"))
         for g in self.groups:
-            testlab.remove_group(g)
+            remove_group(g)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -305,7 +312,8 @@ def test_twenty_logins_are_all_placed_while_a_user_floods_the_helper(lab):
     decoys = "".join(f"pvtdecoy{i} {lab.target} plain\n" for i in range(10000))
     lab.set_policy(decoys + lab.policy())
     members = [lab.user(lab.group) for _ in range(20)]
-    script = testlab.write_file(os.path.join(lab.dir, "flood.py"), testlab.FLOODER)
+    script = os.path.join(lab.dir, "flood.py")          # a copy the flooding user can read
+    shutil.copy(flood_client.__file__, script)
     kinds = ["churn", "hold", "garbage", "place"] * 8
     floods = [spawn([PY, script, lab.helper.socket, kind, lab.target, "90"], netns=lab.ns, user=flooder,
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for kind in kinds]

@@ -15,11 +15,12 @@ import subprocess
 
 import pytest
 
-import testlab
-
-from conftest import PY, uid_tag
+from testlab.helper import helper_dir
+from testlab.run import PY, uid_tag
 from nsslab import in_namespace, nss_module
 from test_pam_module import AUTHPRIV, ERR, SYSTEM_PATH, module, pam_service, scratch  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.root
 
 NSS_CI_C = r"""
 #include <errno.h>
@@ -124,7 +125,7 @@ def test_the_helper_applies_the_accounts_rule_to_every_spelling(case_insensitive
     account, nsswitch = case_insensitive_nss
     helper_user = throwaway_user()
     config = vrf_conf(f"{account.pw_name}  vtnone{uid_tag()}  plain strict\n*  -\n")
-    workdir = testlab.helper_dir(None, helper_user)
+    workdir = helper_dir(None, helper_user)
     helper = NsswitchHelper(helper_user, workdir, config, None, syslog, nsswitch=nsswitch)
     try:
         helper.start()

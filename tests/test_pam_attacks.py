@@ -13,9 +13,9 @@ import subprocess
 
 import pytest
 
-import testlab
 
-from conftest import PY, spawn, uid_tag
+from testlab.helper import helper_dir
+from testlab.run import PY, spawn, uid_tag
 from helper_attacks import Agent
 from nsslab import decide_in, in_namespace, nss_module
 from test_pam_module import (SYSTEM_PATH, helper_lab, module, pam_service,  # noqa: F401 (fixtures)
@@ -25,6 +25,8 @@ from test_sudo_self import drive, sudo_lab  # noqa: F401 (fixture)
 from test_helper import NsswitchHelper, veth
 from pam_vrf import protocol
 from pam_vrf.bpf import cgroup_link
+
+pytestmark = pytest.mark.root
 
 
 # -- PAM_RUSER from a root daemon -------------------------------------------------
@@ -152,7 +154,7 @@ def test_another_account_reported_under_a_local_name_does_not_get_its_exec_permi
             text = f.read().replace(f"passwd: files {name}", f"passwd: {name} files")
         with open(nsswitch, "w") as f:
             f.write(text)
-        workdir = testlab.helper_dir(None, helper_user)
+        workdir = helper_dir(None, helper_user)
         helper = NsswitchHelper(helper_user, workdir, config, ns, syslog, nsswitch=nsswitch)
         agents = []
         try:
@@ -194,7 +196,7 @@ def test_a_directory_accounts_manager_session_is_decided_for_its_uid(
             text = f.read().replace(f"passwd: files {name}", f"passwd: {name} files")
         with open(nsswitch, "w") as f:
             f.write(text)
-        workdir = testlab.helper_dir(None, helper_user)
+        workdir = helper_dir(None, helper_user)
         helper = NsswitchHelper(helper_user, workdir, config, ns, syslog, nsswitch=nsswitch)
         starter = None
         try:

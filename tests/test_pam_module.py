@@ -29,7 +29,9 @@ import time
 
 import pytest
 
-from conftest import PY, REPO, sh, spawn, uid_tag
+from testlab.run import PY, REPO, sh, spawn, uid_tag
+
+pytestmark = pytest.mark.root
 
 MODULE = os.path.join(REPO, "pam_module", "pam_vrf.so")
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"

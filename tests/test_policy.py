@@ -544,6 +544,7 @@ def nss_accounts():
         assert not leftover, f"could not remove {leftover}"
 
 
+@pytest.mark.root
 def test_account_lists_primary_and_supplementary_groups(nss_accounts):
     p = nss_accounts
     gid = {g: grp.getgrnam(p + g).gr_gid for g in ("g1", "g2", "g3", "g4")}
@@ -556,6 +557,7 @@ def test_account_lists_primary_and_supplementary_groups(nss_accounts):
     assert policy.account(p + "nouser") == policy.Account(p + "nouser", frozenset())
 
 
+@pytest.mark.root
 def test_group_rules_match_primary_and_supplementary_groups(nss_accounts):
     p = nss_accounts
     rules = policy.parse(
@@ -574,6 +576,7 @@ def test_group_rules_match_primary_and_supplementary_groups(nss_accounts):
     assert names(policy.decide(rules, p + "nouser", "sshd")) == ("*", "default", 6)
 
 
+@pytest.mark.root
 def test_supplementary_only_membership(nss_accounts):
     p = nss_accounts
     # a's primary group is g1: g2 (usermod -aG) and g3 (gpasswd -a) are supplementary only.
@@ -586,6 +589,7 @@ def test_supplementary_only_membership(nss_accounts):
     assert policy.decide(rules, p + "c", "sshd") is None
 
 
+@pytest.mark.root
 def test_membership_change_is_seen_on_next_decision(nss_accounts):
     p = nss_accounts
     rules = policy.parse(f"@{p}g4 vrf-g4\n* -\n")
@@ -596,6 +600,7 @@ def test_membership_change_is_seen_on_next_decision(nss_accounts):
     assert names(policy.decide(rules, p + "b", None)) == ("*", "-", 2)
 
 
+@pytest.mark.root
 def test_user_rules_win_by_order_over_group_rules(nss_accounts):
     p = nss_accounts
     rules = policy.parse(f"@{p}g1 vrf-grp\n{p}a vrf-user\n")
@@ -605,6 +610,7 @@ def test_user_rules_win_by_order_over_group_rules(nss_accounts):
     assert names(policy.decide(rules, p + "c", None)) == (f"@{p}g1", "vrf-grp", 2)
 
 
+@pytest.mark.root
 def test_unknown_user_matches_only_name_and_star_rules(nss_accounts):
     p = nss_accounts
     ghost = p + "nouser"
@@ -624,6 +630,7 @@ def _decoy_rules(p, count):
     return "".join(f"@{p}decoy{i} vrf-d{i % 10}\n" for i in range(count))
 
 
+@pytest.mark.root
 def test_enumeration_path_gives_same_decisions(nss_accounts, monkeypatch):
     p = nss_accounts
     above = policy.GroupNames.ENUMERATE_ABOVE
@@ -691,6 +698,7 @@ def test_enumeration_path_gives_same_decisions(nss_accounts, monkeypatch):
     assert results[("root", None)][:2] == ("@root", "vrf-root")
 
 
+@pytest.mark.root
 def test_enumeration_resolves_found_names_without_lookups(nss_accounts, monkeypatch):
     p = nss_accounts
     rules = policy.parse(_decoy_rules(p, policy.GroupNames.ENUMERATE_ABOVE + 5) + f"@{p}g1 vrf-g1\n")
@@ -703,6 +711,7 @@ def test_enumeration_resolves_found_names_without_lookups(nss_accounts, monkeypa
     assert looked_up == []
 
 
+@pytest.mark.root
 def test_enumeration_falls_back_to_lookup_for_hidden_groups(nss_accounts, monkeypatch):
     """SSSD/LDAP without enumerate: a group missing from getgrall() still matches."""
     p = nss_accounts
@@ -799,6 +808,7 @@ def test_offline_decision_refuses_only_where_a_strict_rule_applies(vrf_conf, mon
     assert any("cannot decide rule" in m and "Input/output error" in m for _, m in log.lines)
 
 
+@pytest.mark.root
 def test_indexed_decisions_equal_the_walk(nss_accounts, monkeypatch):
     """Large policies are decided through an index (policy.INDEX_ABOVE): the
     same first match as walking every line, for random policies mixing names,

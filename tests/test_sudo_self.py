@@ -25,8 +25,11 @@ import textwrap
 
 import pytest
 
-from conftest import PY, sh, spawn, uid_tag
+from testlab.run import PY, sh, spawn, uid_tag
 from test_pam_module import OPEN_SESSION, SYSTEM_PATH, module, pam_service  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.root
+
 
 REPORT = textwrap.dedent("""
     import json, socket

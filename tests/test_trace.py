@@ -23,7 +23,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from testlab.run import REPO
 from pam_vrf import sockspec, trace
 from pam_vrf.helper.attachments import Attachments, Conflict
 
@@ -69,6 +69,7 @@ def _member(path):
     return subprocess.Popen(["sleep", "600"], preexec_fn=enter)
 
 
+@pytest.mark.root
 def test_source_is_recorded_but_not_part_of_the_rule(sandbox_cgroup, tmp_path):
     if os.geteuid() != 0:
         pytest.skip("needs root (bpf, cgroups)")
@@ -131,6 +132,7 @@ def test_refusal_names_the_deny_item_and_the_rules_line():
     assert trace.socket_text(10, 2, 17) == "inet6/dgram/udp" and trace.socket_text(2, 3, 99) == "inet/raw/99"
 
 
+@pytest.mark.root
 def test_lines_and_json_lines(tmp_path):
     if os.geteuid() != 0:
         pytest.skip("needs root (the cgroup2 mount for cgroup ids)")
@@ -156,6 +158,7 @@ def test_lines_and_json_lines(tmp_path):
                                 r"refused deny=inet6 rule=/etc/security/vrf.conf:7\n", out.getvalue()), out.getvalue()
 
 
+@pytest.mark.root
 def test_names_a_user_chose_cannot_reach_roots_terminal_or_forge_fields(tmp_path):
     """comm (prctl), cgroup names in a delegated tree (user@UID.service) and
     user names are a user's choice: a line prints them escaped, and a VRF
@@ -182,6 +185,7 @@ def test_names_a_user_chose_cannot_reach_roots_terminal_or_forge_fields(tmp_path
     assert line.count(" vrf=") == 1
 
 
+@pytest.mark.root
 def test_cgroups_of_root_and_of_the_helpers_user_are_trusted(tmp_path):
     """The helper (its own user, owner of its state directory) makes session
     VRF cgroups before writing them down: their names need no owner mark."""
@@ -198,6 +202,7 @@ def test_cgroups_of_root_and_of_the_helpers_user_are_trusted(tmp_path):
         tracer.stop()
 
 
+@pytest.mark.root
 def test_a_cgroup_gone_before_its_event_is_not_searched_for(sandbox_cgroup):
     """A user making and removing cgroups in a loop must not make the tracer
     walk the whole tree for each socket: a gone cgroup id maps to None."""
@@ -222,6 +227,7 @@ def test_denied_by_is_the_first_matching_item():
     assert sockspec.denied_by((), 2, 1, 6) is None
 
 
+@pytest.mark.root
 def test_cgroup_ids_map_to_their_directories(sandbox_cgroup):
     paths = trace.CgroupPaths()
     try:

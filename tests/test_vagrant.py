@@ -14,7 +14,9 @@ import subprocess
 
 import pytest
 
-from conftest import REPO, sh
+from testlab.run import REPO, sh
+
+pytestmark = pytest.mark.root
 
 
 def test_vagrantfile_validates():
@@ -29,6 +31,7 @@ def test_vagrantfile_validates_with_local_box():
     assert "Vagrantfile validated successfully" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("PAM_VRF_VAGRANT_UP") == "0", reason="PAM_VRF_VAGRANT_UP=0")
 def test_vagrant_up_end_to_end():
     """vagrant up (vagrant-libvirt, qemu/TCG, local box, provision.sh), an op1

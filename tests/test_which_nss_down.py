@@ -10,10 +10,12 @@ import subprocess
 
 import pytest
 
-from conftest import PY, REPO, uid_tag
+from testlab.run import PY, REPO, uid_tag
 from nsslab import in_namespace, nss_module
 from test_pam_attacks import NSS_DOWN_C
 from test_pam_module import SYSTEM_PATH
+
+pytestmark = pytest.mark.root
 
 
 @pytest.fixture

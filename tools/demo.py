@@ -26,14 +26,19 @@ import textwrap
 import time
 
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import testlab  # noqa: E402  (the repository's lab kit: testlab/__init__.py)
+from testlab.cgroups import cgroup_mount, remove_cgroup_tree  # noqa: E402
+from testlab.helper import helper_argv, helper_dir, wait_helper  # noqa: E402
+from testlab.net import add_netns, add_veth, remove_netns  # noqa: E402
+from testlab.pam import write_pam_service  # noqa: E402
+from testlab.run import REPO, nsenter, public_dir, stop_process, unlink_quietly, write_file  # noqa: E402
+from testlab.sshd import Sshd  # noqa: E402
+from testlab.users import add_group, add_user, remove_group, remove_user  # noqa: E402
 
 HOST, PEER = "pvdemo-host", "pvdemo-mgmt"
 USER, HELPER_USER = "pvdemo-op", "pvdemo-helper"
 SERVICE = "sshd-pvdemo"
 PAM_FILE = f"/etc/pam.d/{SERVICE}"
 PORT = 2222
-REPO = testlab.REPO
 
 
 def step(text):
@@ -50,16 +55,16 @@ def run(*argv, check=True, quiet=False):
 
 
 def in_host(*argv):
-    return testlab.nsenter(HOST, argv)
+    return nsenter(HOST, argv)
 
 
 class Demo:
     def __init__(self):
-        self.dir = testlab.public_dir("pam-vrf-demo-")
+        self.dir = public_dir("pam-vrf-demo-")
         self.procs = []
         self.sshd_lab = None
         self.installed_here = False
-        mount = testlab.cgroup_mount()
+        mount = cgroup_mount()
         if not mount:
             raise SystemExit("demo: no cgroup2 file system mounted")
         self.cgroup = os.path.join(mount, "pvdemo")
@@ -75,8 +80,8 @@ class Demo:
     def network(self):
         step("Network: namespaces, target, management peer")
         for ns in (HOST, PEER):
-            testlab.add_netns(ns)
-        testlab.add_veth(HOST, "eth-mgmt", "eth0", up=False, peer_netns=PEER)
+            add_netns(ns)
+        add_veth(HOST, "eth-mgmt", "eth0", up=False, peer_netns=PEER)
         run("ip", "-n", PEER, "addr", "add", "192.0.2.2/24", "dev", "eth0")
         run("ip", "-n", PEER, "link", "set", "eth0", "up")
         has_vrf = run("ip", "-n", HOST, "link", "add", "mgmt", "type", "vrf", "table", "10", check=False).returncode == 0
@@ -101,24 +106,24 @@ class Demo:
 
     def users_and_policy(self):
         step(f"Users: {USER} (group pvdemo-netops), {HELPER_USER} (runs the helper)")
-        testlab.add_group("pvdemo-netops")
-        testlab.add_user(USER, groups=["pvdemo-netops"])
-        self.helper_user = testlab.add_user(HELPER_USER, shell="/usr/sbin/nologin")
-        self.config = testlab.write_file(os.path.join(self.dir, "vrf.conf"),
+        add_group("pvdemo-netops")
+        add_user(USER, groups=["pvdemo-netops"])
+        self.helper_user = add_user(HELPER_USER, shell="/usr/sbin/nologin")
+        self.config = write_file(os.path.join(self.dir, "vrf.conf"),
                                          f"# demo policy\n@pvdemo-netops  {self.target}  {self.plain}\n*  -\n")
         print(textwrap.indent(open(self.config).read().rstrip(), "    "))
         run("/usr/local/bin/pam-vrf", "check", "--config", self.config)
 
     def helper(self):
         step(f"Helper: pam-vrf-helper as {HELPER_USER} with ambient CAP_BPF,CAP_NET_ADMIN,CAP_DAC_OVERRIDE")
-        rundir = testlab.helper_dir(self.dir, self.helper_user, "run")
+        rundir = helper_dir(self.dir, self.helper_user, "run")
         self.socket = os.path.join(rundir, "helper.sock")
         self.helper_log = open(os.path.join(self.dir, "helper.log"), "w")
-        proc = subprocess.Popen(testlab.helper_argv(self.helper_user, self.socket, self.config, HOST),
+        proc = subprocess.Popen(helper_argv(self.helper_user, self.socket, self.config, HOST),
                                 stdout=self.helper_log, stderr=subprocess.STDOUT)
         self.procs.append(proc)
         try:
-            testlab.wait_helper(self.socket, proc, lambda: open(self.helper_log.name).read())
+            wait_helper(self.socket, proc, lambda: open(self.helper_log.name).read())
         except AssertionError as e:
             raise SystemExit(f"demo: {e}") from None
         time.sleep(0.3)
@@ -126,11 +131,11 @@ class Demo:
 
     def sshd(self):
         step(f"sshd on 127.0.0.1:{PORT} with PAM service {SERVICE} (the installed pam_vrf.so after pam_permit)")
-        testlab.write_pam_service(SERVICE, "session  [success=ok session_err=bad default=ignore]  pam_vrf.so "
+        write_pam_service(SERVICE, "session  [success=ok session_err=bad default=ignore]  pam_vrf.so "
                                            f"config={self.config} socket={self.socket}",
                                   comment="pam-vrf demo (removed when the demo ends)")
         print(textwrap.indent(open(PAM_FILE).read().rstrip(), "    "))
-        self.sshd_lab = testlab.Sshd(self.dir, SERVICE, PORT, netns=HOST)   # PAM service name = program name
+        self.sshd_lab = Sshd(self.dir, SERVICE, PORT, netns=HOST)   # PAM service name = program name
         self.sshd_lab.authorize(USER)
         os.makedirs(self.cgroup, exist_ok=True)
         try:
@@ -171,14 +176,14 @@ class Demo:
         if self.sshd_lab:
             self.sshd_lab.stop()
         for proc in reversed(self.procs):
-            testlab.stop_process(proc)
-        testlab.remove_cgroup_tree(self.cgroup)
+            stop_process(proc)
+        remove_cgroup_tree(self.cgroup)
         for ns in (HOST, PEER):
-            testlab.remove_netns(ns)
+            remove_netns(ns)
         for user in (USER, HELPER_USER):
-            testlab.remove_user(user)
-        testlab.remove_group("pvdemo-netops")
-        testlab.unlink_quietly(PAM_FILE)
+            remove_user(user)
+        remove_group("pvdemo-netops")
+        unlink_quietly(PAM_FILE)
         shutil.rmtree(self.dir, ignore_errors=True)
         if self.installed_here:
             run("make", "-C", REPO, "uninstall", check=False, quiet=True)

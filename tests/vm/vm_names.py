@@ -16,10 +16,10 @@ import shutil
 import subprocess
 import tempfile
 
+from testlab.run import stop_process
 import vmlib
 from vmlib import PY, run, wait_until
 
-import testlab  # noqa: E402,I100 (on sys.path once vmlib is imported: the repository root)
 
 PEER_ADDR = "10.99.0.2"
 REPO = "pvtest-repo.lab"
@@ -83,7 +83,7 @@ def dns_server(peer, address, records):
         yield log
     finally:
         if proc is not None:
-            testlab.stop_process(proc, 10)
+            stop_process(proc, 10)
         os.close(fd)
         for path in (log, pidfile):
             with contextlib.suppress(FileNotFoundError):
@@ -142,7 +142,7 @@ def apt_repository():
         yield log
     finally:
         if server is not None:
-            testlab.stop_process(server, 10)
+            stop_process(server, 10)
         shutil.rmtree(top, ignore_errors=True)
 
 

@@ -35,9 +35,10 @@ import uuid
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-if os.path.dirname(os.path.dirname(HERE)) not in sys.path:
+if os.path.dirname(os.path.dirname(HERE)) not in sys.path:     # run as a script (bench_p*.py)
     sys.path.append(os.path.dirname(os.path.dirname(HERE)))
-import testlab  # noqa: E402
+from testlab import run as lab  # noqa: E402
+from testlab.users import kill_user_processes, remove_group, remove_user  # noqa: E402
 VM_MARKER = "/etc/pam-vrf-test-vm"
 vm_only = pytest.mark.skipif(not os.path.exists(VM_MARKER),
                              reason=f"not the pam-vrf test VM ({VM_MARKER} missing): see vagrant/README.md")
@@ -86,12 +87,12 @@ CAP_DAC_OVERRIDE, CAP_NET_ADMIN, CAP_BPF = 1, 12, 39
 
 
 def run(*argv, check=True, timeout=60, **kw):
-    return testlab.sh(*argv, check=check, timeout=timeout, **kw)
+    return lab.sh(*argv, check=check, timeout=timeout, **kw)
 
 
 def wait_until(what, predicate, timeout=30, interval=0.2):
     """Poll `predicate` until it returns something true; returns that, or fails naming `what`."""
-    return testlab.wait_until(what, predicate, timeout=timeout, interval=interval)
+    return lab.wait_until(what, predicate, timeout=timeout, interval=interval)
 
 
 def cgroup_mount():
@@ -265,7 +266,7 @@ def group(prefix="pvg"):
     try:
         yield name
     finally:
-        testlab.remove_group(name)
+        remove_group(name)
 
 
 def _end_user(name):
@@ -276,7 +277,7 @@ def _end_user(name):
     except KeyError:
         return
     run("systemctl", "stop", f"user@{uid}.service", check=False)
-    testlab.kill_user_processes(uid)
+    kill_user_processes(uid)
 
 
 @contextlib.contextmanager
@@ -296,7 +297,7 @@ def user(*groups, prefix="pvu"):
         yield name
     finally:
         _end_user(name)
-        testlab.remove_user(name, remove_home=True)
+        remove_user(name, remove_home=True)
 
 
 @contextlib.contextmanager
