@@ -9,6 +9,7 @@ import ast
 import configparser
 import contextlib
 import fnmatch
+import functools
 import io
 import os
 import re
@@ -326,6 +327,7 @@ def test_vagrant_readme_names_every_vm_test_file():
     assert sorted(vm - named) == [] and sorted(named - vm) == []
 
 
+@functools.lru_cache(maxsize=None)
 def definitions(path):
     names = set()
     for node in ast.walk(ast.parse(read(path))):
@@ -355,6 +357,44 @@ def package_modules():
 
 FILE_SUFFIXES = {"so", "py", "c", "conf", "json", "sock", "md", "service", "socket", "scope", "slice",
                  "procs", "threads", "sample", "sh", "deb", "d", "example"}
+# Functions of the kernel, libc, libpam, bcc and the standard library the docs name.
+EXTERNAL_CALLS = {"close", "connect", "getaddrinfo", "inet_create", "__cgroup_bpf_run_filter_sk", "socket",
+                  "sendmsg", "setuid", "pam_open_session", "getgrall", "getgrouplist", "open_by_handle_at",
+                  "pidfd_open", "bind", "recvmsg", "recv", "write", "getpwnam", "getgrent", "getXXbyYY_r",
+                  "dev_valid_name", "int", "perf_buffer_poll", "listen", "stat", "bpf_get_current_pid_tgid",
+                  "bpf_get_current_uid_gid", "bpf_get_current_cgroup_id", "bpf_ktime_get_ns"}
+
+
+class Names:
+    """What the code defines: module.name references and bare name() calls."""
+
+    def __init__(self):
+        self.modules = package_modules()
+        self.everywhere = set(EXTERNAL_CALLS)
+        for path in set(self.modules.values()):
+            self.everywhere |= definitions(path)
+        self.everywhere |= set(re.findall(r"^\w[\w *]*?\b(\w+)\(", read("pam_module/pam_vrf.c"), flags=re.M))
+
+    def call_exists(self, name):
+        return name in self.everywhere
+
+    def reference_exists(self, ref):
+        """pam_vrf.bpf.sockprog.build, sockspec.denied_by: True; False when the
+        module is ours and lacks the name; None when it is not about our modules."""
+        parts = ref.split(".")
+        if parts[-1] in FILE_SUFFIXES:
+            return None
+        for i in range(len(parts), 0, -1):
+            module = ".".join(parts[:i])
+            if module in self.modules:
+                return set(parts[i:i + 1]) <= definitions(self.modules[module]) | self.submodules(module)
+        return None
+
+    def submodules(self, module):
+        full = self.modules[module][:-3].replace("/", ".").removesuffix(".__init__")
+        return {name[len(full) + 1:].split(".")[0] for name in self.modules if name.startswith(full + ".")}
+
+
 DOCS = ["README.md", "helper/README.md", "bpf/README.md", "pam.d/README.md",
         "pam_module/README.md", "vagrant/README.md"]
 
@@ -363,32 +403,15 @@ DOCS = ["README.md", "helper/README.md", "bpf/README.md", "pam.d/README.md",
 def test_named_python_functions_exist(doc):
     """`module.name`, `pam_vrf.module.name()` and `name()` in the docs name
     something the code defines (a bare name(): anywhere in pam_vrf/ or the C
-    module; names of the kernel and libc are listed)."""
-    modules = package_modules()
-    everywhere = set()
-    for path in set(modules.values()):
-        everywhere |= definitions(path)
-    everywhere |= set(re.findall(r"^\w[\w *]*?\b(\w+)\(", read("pam_module/pam_vrf.c"), flags=re.M))
-    external = {"close", "connect", "getaddrinfo", "inet_create", "__cgroup_bpf_run_filter_sk",
-                "socket", "sendmsg", "setuid", "pam_open_session", "getgrall", "getgrouplist",
-                "open_by_handle_at", "pidfd_open", "bind", "recvmsg", "write", "getpwnam"}
+    module, or a known function of the kernel or a library)."""
+    names = Names()
     wrong = []
     for span in re.findall(r"`([^`\n]+)`", read(doc)):
-        for ref in re.findall(r"(?<![\w./-])([a-z_][\w.]*?)(\(\))?(?![\w./-])", span):
-            name, call = ref
-            parts = name.split(".")
-            if len(parts) == 1:
-                if call and name not in everywhere and name not in external:
-                    wrong.append(span)
-                continue
-            if parts[-1] in FILE_SUFFIXES:
-                continue
-            for i in range(len(parts), 0, -1):
-                module = ".".join(parts[:i])
-                if module in modules:
-                    if not set(parts[i:i + 1]) <= definitions(modules[module]):
-                        wrong.append(span)
-                    break
+        for name, call in re.findall(r"(?<![\w./-])([a-z_][\w.]*?)(\(\))?(?![\w./-])", span):
+            if "." not in name and call and not names.call_exists(name):
+                wrong.append(span)
+            if "." in name and names.reference_exists(name) is False:
+                wrong.append(span)
     assert wrong == [], wrong
 
 
@@ -401,43 +424,20 @@ def comments_and_docstrings(path):
             yield token.start[0], token.string
 
 
-# Functions of the kernel, libc, bcc and the standard library that comments name.
-EXTERNAL_CALLS = {"sendmsg", "recv", "connect", "getaddrinfo", "getgrouplist", "getgrent", "getXXbyYY_r",
-                  "inet_create", "dev_valid_name", "int", "perf_buffer_poll", "pidfd_open",
-                  "bpf_get_current_pid_tgid", "bpf_get_current_uid_gid", "bpf_get_current_cgroup_id",
-                  "bpf_ktime_get_ns", "socket", "listen", "stat"}
-
-
 def test_code_comments_name_functions_that_exist():
     """A comment or docstring in pam_vrf/ or pam.d/ that names `name()` or
     `module.name` of this package names something that is still there."""
-    modules = package_modules()
-    everywhere = set()
-    for path in set(modules.values()):
-        everywhere |= definitions(path)
-    everywhere |= set(re.findall(r"^\w[\w *]*?\b(\w+)\(", read("pam_module/pam_vrf.c"), flags=re.M))
+    names = Names()
     wrong = []
-    for path in sorted(set(modules.values())) + ["pam.d/pam_vrf.py"]:
+    for path in sorted(set(names.modules.values())) + ["pam.d/pam_vrf.py"]:
         for line, text in comments_and_docstrings(path):
             for dotted, name in re.findall(r"(?<![\w.])((?:[A-Za-z_]\w*\.)*)([a-z_]\w*)\(\)", text):
-                if not dotted and name not in everywhere and name not in EXTERNAL_CALLS:
+                if not dotted and not names.call_exists(name):
                     wrong.append(f"{path}:{line}: {name}()")
             for ref in re.findall(r"(?<![\w./-])((?:pam_vrf\.)?[a-z_]\w*(?:\.[A-Za-z_]\w*)+)", text):
-                parts = ref.split(".")
-                if parts[-1] in FILE_SUFFIXES:
-                    continue
-                for i in range(len(parts), 0, -1):
-                    module = ".".join(parts[:i])
-                    if module in modules:
-                        if not set(parts[i:i + 1]) <= definitions(modules[module]) | submodules(module, modules):
-                            wrong.append(f"{path}:{line}: {ref}")
-                        break
+                if names.reference_exists(ref) is False:
+                    wrong.append(f"{path}:{line}: {ref}")
     assert wrong == [], wrong
-
-
-def submodules(module, modules):
-    full = modules[module][:-3].replace("/", ".").removesuffix(".__init__")
-    return {name[len(full) + 1:].split(".")[0] for name in modules if name.startswith(full + ".")}
 
 
 def test_readme_line_counts():
