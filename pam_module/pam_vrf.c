@@ -43,15 +43,25 @@
 #ifndef PAM_VRF_PYTHON
 #define PAM_VRF_PYTHON "/usr/bin/python3"
 #endif
-#define DEFAULT_SOCKET  "/run/pam-vrf/helper.sock"
-#define DEFAULT_CONFIG  "/etc/security/vrf.conf"
-#define MAX_CONFIG      (1 << 20)   /* bytes scanned for "strict" */
-#define ROOT_SOCKET     "root.sock"
-#define LOGIN_TIMEOUT   30      /* s: a busy or stopped helper is waited for */
-#define DECIDER_TIMEOUT 10      /* s: then the offline decider is killed */
+/* Shared with the Python side, which holds the other copy of each (named
+ * beside it): tests/test_c_python_agree.py fails when the two differ. */
+#define PROTOCOL_VERSION 2                          /* protocol.VERSION */
+#define DEFAULT_SOCKET  "/run/pam-vrf/helper.sock"  /* protocol.DEFAULT_SOCKET */
+#define ROOT_SOCKET     "root.sock"                 /* protocol.ROOT_SOCKET_NAME */
+#define LOGIN_TIMEOUT   30      /* s, a busy or stopped helper is waited for (protocol.LOGIN_TIMEOUT) */
 #define MAX_MESSAGE     4096    /* bytes, either direction (protocol.MAX_MESSAGE) */
-#define MAX_USER        256
-#define IFNAMSIZ_MAX    15
+#define MAX_NAME        256     /* characters, not bytes, in a user name (policy.MAX_NAME) */
+#define IFNAMSIZ_MAX    15      /* bytes in a device name, as the kernel counts (netdev.IFNAMSIZ - 1) */
+#define DEFAULT_CONFIG  "/etc/security/vrf.conf"    /* policy.DEFAULT_CONFIG */
+/* The decider's one line on stdout (offline.VERDICT): an exit status alone
+ * cannot tell a verdict from a crash (Python exits 1 on any uncaught error). */
+#define VERDICT_PROCEED "pam_vrf.offline: proceed\n"
+#define VERDICT_REFUSE  "pam_vrf.offline: refuse\n"
+/* Ours alone. */
+#define DECIDER_TIMEOUT 10      /* s: then the offline decider is killed */
+#define MAX_CONFIG      (1 << 20)   /* bytes scanned for "strict" */
+#define STR(x)  #x
+#define XSTR(x) STR(x)
 
 #define PUBLIC __attribute__((visibility("default")))
 
@@ -84,16 +94,16 @@ static size_t utf8_seq(const unsigned char *s, size_t n, unsigned int *cp)
     return len;
 }
 
-static int utf8_valid(const char *s, size_t n)
+/* The number of characters in s, or -1 if it is not UTF-8. */
+static long utf8_length(const char *s, size_t n)
 {
     size_t i = 0, k;
     unsigned int cp;
+    long chars = 0;
 
-    while (i < n) {
-        if ((k = utf8_seq((const unsigned char *)s + i, n - i, &cp)) == 0) return 0;
-        i += k;
-    }
-    return 1;
+    for (; i < n; i += k, chars++)
+        if ((k = utf8_seq((const unsigned char *)s + i, n - i, &cp)) == 0) return -1;
+    return chars;
 }
 
 /* A copy of s fit for a log line: printable ASCII as it is, C0 controls,
@@ -104,6 +114,7 @@ static int utf8_valid(const char *s, size_t n)
  * no list of ours can follow Unicode, and Python's str.isprintable(), which
  * the helper uses, knows more than C does. Truncated at a character boundary. */
 #define PRINTABLE_MAX(n) (3 * (n) + 1)      /* 2 bytes become 6 characters at most */
+#define NAME_BYTES (4 * MAX_NAME)           /* UTF-8: 4 bytes a character at most */
 static const char *printable(char *dst, size_t size, const char *s)
 {
     size_t n = s ? strlen(s) : 0, i = 0, o = 0, k, w;
@@ -133,7 +144,7 @@ static int json_field(char *buf, size_t size, size_t *len, const char *key, cons
     size_t n = strlen(s), i;
     int w;
 
-    if (!utf8_valid(s, n)) return -1;
+    if (utf8_length(s, n) < 0) return -1;
     w = snprintf(buf + *len, size - *len, ",\"%s\":\"", key);
     if (w < 0 || (size_t)w + 2 > size - *len) return -1;   /* + the closing quote and NUL */
     *len += (size_t)w;
@@ -149,21 +160,18 @@ static int json_field(char *buf, size_t size, size_t *len, const char *key, cons
     return 0;
 }
 
-/* {"v":2,"op":"open","user":U[,"service":S][,"tty":T][,"rhost":H][,"ruser":R]}:
- * no pid, the helper moves the sender (see send_request). */
-static int encode_request(char *buf, size_t size, const char *user, const char *service,
-                          const char *tty, const char *rhost, const char *ruser)
+/* {"v":2,"op":"open","user":U[,"service":S]}: all the helper reads (not the
+ * tty, rhost or ruser); no pid, the helper moves the sender (see send_request).
+ * A name the helper would refuse (over MAX_NAME characters) is not sent. */
+static int encode_request(char *buf, size_t size, const char *user, const char *service)
 {
-    static const char head[] = "{\"v\":2,\"op\":\"open\"";
+    static const char head[] = "{\"v\":" XSTR(PROTOCOL_VERSION) ",\"op\":\"open\"";
     size_t len = sizeof(head) - 1;
 
-    if (strlen(user) > MAX_USER || size < sizeof(head)) return -1;
+    if (utf8_length(user, strlen(user)) > MAX_NAME || size < sizeof(head)) return -1;
     memcpy(buf, head, sizeof(head));
     if (json_field(buf, size, &len, "user", user) < 0
-        || (service && json_field(buf, size, &len, "service", service) < 0)
-        || (tty && json_field(buf, size, &len, "tty", tty) < 0)
-        || (rhost && json_field(buf, size, &len, "rhost", rhost) < 0)
-        || (ruser && json_field(buf, size, &len, "ruser", ruser) < 0) || len + 2 > size) return -1;
+        || (service && json_field(buf, size, &len, "service", service) < 0) || len + 2 > size) return -1;
     buf[len++] = '}';
     buf[len] = '\0';
     return 0;
@@ -261,7 +269,7 @@ static int parse_reply(char *buf, size_t len, struct reply *r)
 
     memset(r, 0, sizeof(*r));
     r->version = -1;
-    if (!utf8_valid(buf, len) || !peek(&c, '{')) return -1;
+    if (utf8_length(buf, len) < 0 || !peek(&c, '{')) return -1;
     c.p++;
     if (peek(&c, '}')) c.p++;
     else for (;;) {
@@ -410,9 +418,6 @@ static ssize_t ask_helper(const char *socket_path, const char *request, char *re
 
 /* --- the offline decider, when the helper cannot be used --- */
 
-/* The child: nothing of the caller's (fds, cwd, signal mask and handlers,
- * the invoking user's real ids under su/sudo, environment) reaches the
- * decider. Async-signal-safe calls only: the caller may be threaded. */
 /* Under su/sudo the invoking user chose our rlimits, nice value and scheduling
  * policy: a tiny address space or an idle priority would make the decider fail
  * or time out, and a strict rule would then not be honoured. Root may lift them. */
@@ -433,26 +438,23 @@ static void reset_limits(void)
     sched_setscheduler(0, SCHED_OTHER, &normal);
 }
 
-/* The decider's one line on stdout (pam_vrf.offline): an exit status alone
- * cannot tell a verdict from a crash (Python exits 1 on any uncaught error). */
-#define VERDICT_PROCEED "pam_vrf.offline: proceed\n"
-#define VERDICT_REFUSE  "pam_vrf.offline: refuse\n"
-
-__attribute__((noreturn)) static void exec_decider(const char *const *argv, int out)
+/* The child: nothing of the caller's (fds, cwd, signal mask and handlers,
+ * the invoking user's real ids under su/sudo, environment) reaches the
+ * decider. Async-signal-safe calls only (the caller may be threaded), but
+ * for libpam's log line when it cannot set up the descriptors, as in pam_unix. */
+__attribute__((noreturn)) static void exec_decider(pam_handle_t *pamh, const char *const *argv, int out)
 {
     static char *const envp[] = { "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C.UTF-8", NULL };
-    int null = open("/dev/null", O_RDWR | O_CLOEXEC), i;
     sigset_t none;
+    int i;
 
-    /* Both above 2 first: a caller may have left 0-2 closed, so either could
-     * sit there, and a dup2 onto its own number would keep close-on-exec. */
-    null = null < 0 ? -1 : fcntl(null, F_DUPFD_CLOEXEC, 3);
-    out = fcntl(out, F_DUPFD_CLOEXEC, 3);
-    umask(077);         /* not the caller's: the decider makes nothing for others */
-    if (null < 0 || out < 0 || chdir("/") < 0 || dup2(null, 0) < 0 || dup2(out, 1) < 0 || dup2(null, 2) < 0)
+    /* stdout: the verdict pipe (already fd 1 when the caller left it closed:
+     * dup2 would keep close-on-exec); stdin an empty pipe, stderr /dev/null. */
+    if ((out == STDOUT_FILENO ? fcntl(out, F_SETFD, 0) : dup2(out, STDOUT_FILENO)) < 0 || chdir("/") < 0
+        || pam_modutil_sanitize_helper_fds(pamh, PAM_MODUTIL_PIPE_FD, PAM_MODUTIL_IGNORE_FD, PAM_MODUTIL_NULL_FD) < 0)
         _exit(126);
-    if (close_range(3, ~0U, 0) < 0)
-        for (i = 3; i < 65536; i++) close(i);
+    close_range(3, ~0U, 0);     /* libpam before 1.5.3 (Debian 12) stops at fd 65535 */
+    umask(077);                 /* not the caller's: the decider makes nothing for others */
     for (i = 1; i < NSIG; i++) signal(i, SIG_DFL);
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
@@ -532,7 +534,7 @@ static int run_decider(pam_handle_t *pamh, const char *user, const char *service
         sigaction(SIGCHLD, &old, NULL);
         return -1;
     }
-    if ((pid = fork()) == 0) exec_decider(argv, out[1]);
+    if ((pid = fork()) == 0) exec_decider(pamh, argv, out[1]);
     close(out[1]);
     if (pid < 0) pam_syslog(pamh, LOG_ERR, "cannot fork the offline decider: %m");
     rc = pid < 0 ? -1 : wait_decider(pamh, pid, out[0]);
@@ -584,7 +586,7 @@ static const char *invoker(pam_handle_t *pamh, char *buf, size_t size)
 static int slow_path(pam_handle_t *pamh, const char *user, const char *service,
                      const struct options *o, const char *who, const char *reason)
 {
-    char safe_reason[512], by[PRINTABLE_MAX(MAX_USER)];
+    char safe_reason[512], by[PRINTABLE_MAX(NAME_BYTES)];
     int rc;
 
     /* The reason becomes an argument and a log line of the decider. */
@@ -615,7 +617,7 @@ static int slow_path(pam_handle_t *pamh, const char *user, const char *service,
 static int not_answered(pam_handle_t *pamh, const char *user, const char *service,
                         const struct options *o, const char *who, const char *reason)
 {
-    char safe_reason[512], by[PRINTABLE_MAX(MAX_USER)];
+    char safe_reason[512], by[PRINTABLE_MAX(NAME_BYTES)];
 
     if (!invoker(pamh, by, sizeof(by))) return slow_path(pamh, user, service, o, who, reason);
     pam_syslog(pamh, LOG_ERR, "%s: refusing session: %s, with the helper running (invoked by %s through "
@@ -636,49 +638,62 @@ static int ifname_ok(const char *s)
     return 1;
 }
 
-static int open_session(pam_handle_t *pamh, int argc, const char **argv)
+/* The module's arguments (pam_vrf(8)), read as pam_limits and pam_systemd
+ * read theirs: the last of a kind counts; anything else is logged and ignored. */
+static struct options parse_args(pam_handle_t *pamh, int argc, const char **argv)
 {
     struct options o = { NULL, DEFAULT_SOCKET, 0 };
+    const char *value, **path;
+    char safe[256];
+    int i;
+
+    for (i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "debug")) { o.debug = 1; continue; }
+        if (!strncmp(argv[i], "config=", 7)) path = &o.config;
+        else if (!strncmp(argv[i], "socket=", 7)) path = &o.socket;
+        else {
+            pam_syslog(pamh, LOG_WARNING, "ignoring unknown module argument '%s'",
+                       printable(safe, sizeof(safe), argv[i]));
+            continue;
+        }
+        /* a relative path would name a file in the caller's working directory (su: the user's) */
+        if (*(value = argv[i] + 7) == '/') *path = value;
+        else pam_syslog(pamh, LOG_ERR, "ignoring '%s': not an absolute path", printable(safe, sizeof(safe), argv[i]));
+    }
+    return o;
+}
+
+static int open_session(pam_handle_t *pamh, int argc, const char **argv)
+{
+    const struct options o = parse_args(pamh, argc, argv);
     const void *item;
-    const char *user, *service = NULL, *tty = NULL, *rhost = NULL, *ruser = NULL, *verdict;
-    char u_safe[PRINTABLE_MAX(MAX_USER)], s_safe[128], a_safe[256], v_safe[64], r_safe[256], e_safe[512];
+    const char *user, *service = NULL, *verdict;
+    char u_safe[PRINTABLE_MAX(NAME_BYTES)], s_safe[128], a_safe[256], v_safe[64], r_safe[256], e_safe[512];
     char request[MAX_MESSAGE + 1], reply_buf[MAX_MESSAGE + 2], why[600], who[sizeof(u_safe) + sizeof(s_safe) + 32];
     struct reply r;
     ssize_t n;
-    int i, absent;
+    int absent;
 
-    for (i = 0; i < argc; i++) {
-        /* a relative path would name a file in the caller's working directory (su: the user's) */
-        if ((!strncmp(argv[i], "config=", 7) || !strncmp(argv[i], "socket=", 7)) && argv[i][7] != '/')
-            pam_syslog(pamh, LOG_ERR, "ignoring '%s': not an absolute path", printable(a_safe, sizeof(a_safe), argv[i]));
-        else if (!strncmp(argv[i], "config=", 7)) o.config = argv[i] + 7;
-        else if (!strncmp(argv[i], "socket=", 7)) o.socket = argv[i] + 7;
-        else if (!strcmp(argv[i], "debug")) o.debug = 1;
-        else pam_syslog(pamh, LOG_WARNING, "ignoring unknown module argument '%s'",
-                        printable(a_safe, sizeof(a_safe), argv[i]));
-    }
     if (pam_get_item(pamh, PAM_USER, &item) != PAM_SUCCESS || !item || !*(const char *)item) {
         pam_syslog(pamh, LOG_ERR, "no user name: nothing to place");
         return PAM_USER_UNKNOWN;
     }
     user = item;
     if (pam_get_item(pamh, PAM_SERVICE, &item) == PAM_SUCCESS && item && *(const char *)item) service = item;
-    if (pam_get_item(pamh, PAM_TTY, &item) == PAM_SUCCESS && item && *(const char *)item) tty = item;
-    if (pam_get_item(pamh, PAM_RHOST, &item) == PAM_SUCCESS && item && *(const char *)item) rhost = item;
-    if (pam_get_item(pamh, PAM_RUSER, &item) == PAM_SUCCESS && item && *(const char *)item) ruser = item;
     snprintf(who, sizeof(who), "user %s (service %s)", printable(u_safe, sizeof(u_safe), user),
              printable(s_safe, sizeof(s_safe), service ? service : "-"));
 
-    if (encode_request(request, sizeof(request), user, service, tty, rhost, ruser) < 0)
-        return slow_path(pamh, user, service, &o, who,
-                         "cannot encode the request (not UTF-8, or a user name over 256 bytes)");
+    if (encode_request(request, sizeof(request), user, service) < 0)
+        return slow_path(pamh, user, service, &o, who, "cannot encode the request (not UTF-8, a user name over "
+                         XSTR(MAX_NAME) " characters, or over " XSTR(MAX_MESSAGE) " bytes)");
     n = ask_helper(o.socket, request, reply_buf, MAX_MESSAGE + 1, why, sizeof(why), &absent);
     if (n < 0 && absent) return slow_path(pamh, user, service, &o, who, why);
     if (n < 0) return not_answered(pamh, user, service, &o, who, why);
     if (parse_reply(reply_buf, (size_t)n, &r) < 0)
         return not_answered(pamh, user, service, &o, who, "bad reply from helper: not a flat JSON object");
-    if (r.version != 2)
-        return not_answered(pamh, user, service, &o, who, "bad reply from helper: protocol version is not 2");
+    if (r.version != PROTOCOL_VERSION)
+        return not_answered(pamh, user, service, &o, who,
+                            "bad reply from helper: protocol version is not " XSTR(PROTOCOL_VERSION));
     printable(e_safe, sizeof(e_safe), r.error ? r.error : "no reason given");
     if (!r.ok) {        /* "request not received in time": su stopped after connecting */
         snprintf(why, sizeof(why), "helper failed: %s", e_safe);

@@ -17,6 +17,7 @@ against throwaway /etc/pam.d/pvt-so<tag> services.
 
 import json
 import os
+import resource
 import shlex
 import shutil
 import signal
@@ -140,7 +141,7 @@ LIKE_SU = ("import os, sys; uid, gid = int(sys.argv[1]), int(sys.argv[2]); os.se
 
 
 def pamtester(syslog, service, user, items=(), env=None, preexec=None, pass_fds=(), cwd="/", like_su=None,
-              timeout=120):
+              timeout=120, stdin=None):
     """open_session + close_session with a system PATH only (unless env is given);
     like_su=pwent runs it with that user's real ids and effective ids 0."""
     argv = ["pamtester", "-v"]
@@ -152,7 +153,7 @@ def pamtester(syslog, service, user, items=(), env=None, preexec=None, pass_fds=
     argv = syslog.wrap(argv)
     started = time.monotonic()
     proc = subprocess.Popen(argv, env=env if env is not None else {"PATH": SYSTEM_PATH}, cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=preexec,
+                            stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=preexec,
                             pass_fds=pass_fds)
     out, _ = proc.communicate(timeout=timeout)
     result = Result(proc, out.decode(errors="replace"), time.monotonic() - started)
@@ -227,13 +228,24 @@ def test_helper_absent_plain_rule_proceeds_strict_rule_refuses(decider, users, p
     assert line.startswith(f"<{AUTHPRIV + ERR}>"), line
 
 
-def test_unknown_module_arguments_are_logged_and_ignored(users, pam_service, syslog, scratch):
-    plain, _, config = users
-    service = pam_service(f"config={config} socket={scratch}/helper.sock colour=blue")
+def test_unknown_module_arguments_are_logged_and_ignored(users, pam_service, syslog, scratch, vrf_conf):
+    """As pam_limits and pam_systemd read theirs (parse_args): an argument it
+    does not know is logged at LOG_WARNING and ignored, a path that is not
+    absolute at LOG_ERR, and the last of a kind counts."""
+    plain, strict, config = users
+    alone = vrf_conf("* -\n")
+    odd = ["colour=blue", "debugx", "Debug", "config", "socket", "config\x1b[2J=/x"]
+    service = pam_service(f"config={alone} socket={scratch}/helper.sock {' '.join(odd)} socket= config={config}")
     mark = syslog.mark()
     assert pamtester(syslog, service, plain).opened
-    line = syslog.wait_for([f"pam_vrf({service}:session): ignoring unknown module argument 'colour=blue'"], mark)
-    assert line.startswith(f"<{AUTHPRIV + WARNING}>"), line
+    assert not pamtester(syslog, service, strict).opened         # the last config= counted
+    for arg in odd:
+        shown = arg.replace("\x1b", "?")
+        line = syslog.wait_for([f"pam_vrf({service}:session): ignoring unknown module argument '{shown}'"], mark)
+        assert line.startswith(f"<{AUTHPRIV + WARNING}>"), line
+    line = syslog.wait_for([f"pam_vrf({service}:session): ignoring 'socket=': not an absolute path"], mark)
+    assert line.startswith(f"<{AUTHPRIV + ERR}>"), line
+    assert not [line for line in syslog.since(mark) if "asking the offline decider" in line]   # not debug
 
 
 def test_poisoned_path_and_python_variables_never_reach_the_slow_path(decider, users, pam_service, syslog,
@@ -279,10 +291,16 @@ for fd in os.listdir("/proc/self/fd"):
         pass                    # the directory listing itself
 status = dict(line.split(":", 1) for line in open("/proc/self/status"))
 umask = os.umask(0o777)
+os.set_blocking(0, False)
+try:
+    stdin = "eof" if os.read(0, 1) == b"" else "data"
+except BlockingIOError:
+    stdin = "open"              # someone could still write to it
 with open(os.path.join(here, "record.json"), "w") as f:
     json.dump({"argv": sys.argv[1:], "environ": open("/proc/self/environ").read().split("\\0")[:-1],
                "resuid": os.getresuid(), "resgid": os.getresgid(), "groups": os.getgroups(),
-               "cwd": os.getcwd(), "fds": fds, "sigblk": int(status["SigBlk"], 16), "umask": umask}, f)
+               "cwd": os.getcwd(), "fds": fds, "sigblk": int(status["SigBlk"], 16), "umask": umask,
+               "stdin": stdin}, f)
 mode = open(os.path.join(here, "mode")).read().strip()
 if mode == "hang":
     time.sleep(600)
@@ -315,13 +333,18 @@ def set_mode(where, mode):
 def test_slow_path_runs_the_decider_as_root_with_a_fixed_environment(recording_module, pam_service, syslog,
                                                                      throwaway_user, vrf_conf):
     """Invoked like su (real uid the user's, effective uid 0), with a hostile
-    environment, a blocked signal and an extra fd: the decider sees none of it."""
+    environment, a blocked signal, extra fds (one near the file limit) and a
+    stdin the caller keeps writable: the decider sees none of it (its fds are
+    set up by libpam's pam_modutil_sanitize_helper_fds)."""
     path, where = recording_module
     set_mode(where, "proceed")
     invoker = throwaway_user()
     config = vrf_conf("* -\n")
     service = pam_service(f"config={config} socket={where}/nowhere/helper.sock debug", path=path)
     leak_r, leak_w = os.pipe()
+    high = resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 10
+    os.dup2(leak_w, high)
+    callers_stdin = os.readlink(f"/proc/self/fd/{leak_r}")
 
     def block_signals():
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGTERM})
@@ -330,10 +353,10 @@ def test_slow_path_runs_the_decider_as_root_with_a_fixed_environment(recording_m
     env = {"PATH": f"{where}:{SYSTEM_PATH}", "PYTHONPATH": where, "LD_LIBRARY_PATH": where, "HOME": where}
     try:
         result = pamtester(syslog, service, "alice", items=("tty=pts/7",), env=env, preexec=block_signals,
-                           pass_fds=(leak_w,), cwd=where, like_su=invoker)
+                           pass_fds=(leak_w, high), cwd=where, like_su=invoker, stdin=leak_r)
     finally:
-        os.close(leak_r)
-        os.close(leak_w)
+        for fd in (leak_r, leak_w, high):
+            os.close(fd)
     assert result.opened, result
     record = json.load(open(os.path.join(where, "record.json")))
     assert record["argv"] == ["-I", "-m", "pam_vrf.offline", "--service", service,
@@ -343,8 +366,9 @@ def test_slow_path_runs_the_decider_as_root_with_a_fixed_environment(recording_m
     assert record["environ"] == ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C.UTF-8"]
     assert record["resuid"] == [0, 0, 0] and record["resgid"] == [0, 0, 0] and record["groups"] == []
     assert record["cwd"] == "/"
-    # stdout: the pipe the verdict line comes back on
-    assert record["fds"]["0"] == record["fds"]["2"] == "/dev/null" and record["fds"]["1"].startswith("pipe:")
+    # stdout: the pipe the verdict line comes back on; stdin an empty pipe of its own
+    assert record["fds"]["2"] == "/dev/null" and record["fds"]["1"].startswith("pipe:"), record["fds"]
+    assert record["stdin"] == "eof" and record["fds"]["0"] != callers_stdin
     assert sorted(record["fds"]) == ["0", "1", "2"], record["fds"]
     assert record["sigblk"] == 0
     assert record["umask"] == 0o077
@@ -374,7 +398,7 @@ def test_decider_exit_status_decides(recording_module, pam_service, syslog, mode
                          "helper not running"], mark)
 
 
-@pytest.mark.parametrize("closed", [(0, 1), (1,), (0, 1, 2)])
+@pytest.mark.parametrize("closed", [(0, 1), (1,), (2,), (0, 1, 2)])
 def test_a_caller_with_closed_standard_fds_cannot_unhook_the_verdict(recording_module, pam_service, syslog,
                                                                      throwaway_user, closed):
     """su run with stdin/stdout closed: the verdict pipe or /dev/null land on
@@ -393,8 +417,8 @@ def test_a_caller_with_closed_standard_fds_cannot_unhook_the_verdict(recording_m
                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert proc.returncode == 1, proc           # refused: the verdict line arrived
     record = json.load(open(os.path.join(where, "record.json")))
-    assert record["fds"]["0"] == record["fds"]["2"] == "/dev/null" and record["fds"]["1"].startswith("pipe:"), \
-        record["fds"]
+    assert record["fds"]["2"] == "/dev/null" and record["fds"]["1"].startswith("pipe:"), record["fds"]
+    assert record["stdin"] == "eof" and sorted(record["fds"]) == ["0", "1", "2"], record
 
 
 def test_hanging_decider_is_killed_after_ten_seconds(recording_module, pam_service, syslog):
@@ -496,8 +520,7 @@ def test_hostile_reply_takes_the_slow_path(decider, users, pam_service, syslog, 
     result = pamtester(syslog, service, plain, items=("tty=pts/9", "rhost=192.0.2.1"))
     assert result.opened, result
     syslog.wait_for(["pam_vrf[", f"user {plain} (service {service}) left unplaced", reason], mark)
-    assert json.loads(server.requests[0]) == {"v": 2, "op": "open", "user": plain, "service": service,
-                                              "tty": "pts/9", "rhost": "192.0.2.1"}
+    assert json.loads(server.requests[0]) == {"v": 2, "op": "open", "user": plain, "service": service}
 
     result = pamtester(syslog, service, strict)
     assert result.returncode == 1, result
@@ -531,8 +554,10 @@ def test_a_silent_helper_is_given_up_after_thirty_seconds(decider, users, pam_se
 @pytest.mark.parametrize("name, sent", [
     ("evil\x1b[31m\nname\"\\\x7f", True),        # valid UTF-8: sent, escaped
     (b"bad\xff\xfe\x01name", False),              # not UTF-8: never sent
-    ("u" * 257, False),                           # too long: never sent
-])
+    ("u" * 257, False),                           # too long for the helper (policy.MAX_NAME): never sent
+    ("\u00e9" * 256, True),                       # 256 characters in 512 bytes: the helper takes it
+    ("\U0001f600" * 257, False),
+], ids=["controls", "not UTF-8", "257 ASCII", "256 two-byte", "257 four-byte"])
 def test_hostile_user_names_neither_crash_nor_reach_the_log_raw(decider, pam_service, syslog, scratch,
                                                                 raw_server, vrf_conf, name, sent):
     server = raw_server(b"garbage")
@@ -545,20 +570,22 @@ def test_hostile_user_names_neither_crash_nor_reach_the_log_raw(decider, pam_ser
     assert lines and any(f"pam_vrf({service}:session): user " in line for line in lines), syslog.since(mark)
     assert_no_raw_controls(syslog.since(mark))
     if sent:
-        assert "evil?[31m?name\"\\?" in "".join(lines), lines
+        if name.startswith("evil"):
+            assert "evil?[31m?name\"\\?" in "".join(lines), lines
         request = server.requests[0]
         assert not any(b < 0x20 or b == 0x7f for b in request), request
         assert json.loads(request)["user"] == name
     else:
         assert server.requests == []
-        assert any("not UTF-8, or a user name over 256 bytes" in line for line in lines), lines
+        assert any("not UTF-8, a user name over 256 characters, or over 4096 bytes" in line for line in lines), lines
         assert not any("\ufffd" in line for line in lines), lines
 
 
-def test_request_size_limit_and_hostile_replies_under_addresssanitizer(decider, pam_service, syslog, scratch,
+def test_largest_requests_and_hostile_replies_under_addresssanitizer(decider, pam_service, syslog, scratch,
                                                                         raw_server, vrf_conf):
-    """An ASan/UBSan build: requests around the 4096-byte limit (a long rhost)
-    are either sent whole or not at all, and no reply makes it misbehave."""
+    """An ASan/UBSan build: the largest requests PAM can make it send (256
+    characters of the longest escape or encoding; the limit itself is
+    tests/test_wire_fuzz.py's) go whole, and no reply makes it misbehave."""
     libasan = sh("gcc", "-print-file-name=libasan.so").stdout.strip()
     if not os.path.isabs(libasan) or not os.path.exists(libasan):
         pytest.skip("no libasan")
@@ -569,14 +596,10 @@ def test_request_size_limit_and_hostile_replies_under_addresssanitizer(decider, 
     service = pam_service(f"config={vrf_conf('* -')} socket={scratch}/helper.sock", path=path)
     env = {"PATH": SYSTEM_PATH, "LD_PRELOAD": libasan, "ASAN_OPTIONS": "detect_leaks=1:exitcode=99",
            "UBSAN_OPTIONS": "halt_on_error=1:exitcode=98"}
-    sent = {}
-    for n in range(4000, 4040):
+    for name in ("\x01" * 256, "\U0001f600" * 256, "\u00e9" * 255 + "\x01"):
         server.requests.clear()
-        assert pamtester(syslog, service, "alice", items=(f"rhost={'r' * n}",), env=env).opened
-        if server.requests:
-            assert json.loads(server.requests[0])["rhost"] == "r" * n
-            sent[n] = len(server.requests[0])
-    assert 4000 in sent and 4039 not in sent and max(sent.values()) <= 4096, sent
+        assert pamtester(syslog, service, name, env=env).opened
+        assert [json.loads(r)["user"] for r in server.requests] == [name]
     for reply, _ in HOSTILE.values():
         server.reply = reply
         assert pamtester(syslog, service, "alice", env=env).opened
@@ -923,9 +946,12 @@ def test_no_c1_control_or_separator_reaches_the_log(decider, pam_service, syslog
 
 
 @pytest.mark.parametrize("entry", ["pam_vrf.so", "pam_python"])
-def test_both_entries_send_pam_ruser_to_the_helper(decider, module, syslog, scratch, raw_server, entry):
-    """The invoker as su and sudo name it (PAM_RUSER): the helper's test for a
-    session for oneself when the real uid is 0."""
+def test_the_entries_send_user_and_service_not_what_the_helper_ignores(decider, module, syslog, scratch,
+                                                                         raw_server, entry):
+    """The helper decides from user and service alone (requests.Handler.open):
+    PAM_TTY, PAM_RHOST and PAM_RUSER (never trusted: a root daemon may take it
+    from the network) are not sent by the C module. The pam_python entry
+    (pam_vrf.session) still sends ruser, which the helper ignores."""
     server = raw_server(b'{"v":2,"ok":true,"verdict":"alone"}')
     name = f"pvt-ru{uid_tag()}"
     line = (f"{module}" if entry == "pam_vrf.so" else "pam_python.so /usr/lib/pam-vrf/pam_vrf.py")
@@ -933,10 +959,11 @@ def test_both_entries_send_pam_ruser_to_the_helper(decider, module, syslog, scra
         f.write("auth required pam_permit.so\naccount required pam_permit.so\nsession required pam_permit.so\n"
                 f"session [success=ok session_err=bad default=ignore] {line} socket={scratch}/helper.sock\n")
     try:
-        assert pamtester(syslog, name, "alice", items=("ruser=bob",)).opened
+        assert pamtester(syslog, name, "alice", items=("ruser=bob", "tty=pts/3", "rhost=192.0.2.1")).opened
         assert pamtester(syslog, name, "alice").opened
     finally:
         os.unlink(f"/etc/pam.d/{name}")
     requests = [json.loads(r) for r in server.requests]
-    assert [r.get("ruser") for r in requests] == ["bob", None], requests
-    assert all(r["user"] == "alice" and r["service"] == name for r in requests), requests
+    assert len(requests) == 2 and all(r["user"] == "alice" and r["service"] == name for r in requests), requests
+    if entry == "pam_vrf.so":
+        assert requests == [{"v": 2, "op": "open", "user": "alice", "service": name}] * 2, requests
