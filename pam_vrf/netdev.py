@@ -1,4 +1,4 @@
-"""Network device names and indexes, stdlib only (the helper uses pyroute2)."""
+"""Network device names and indexes, stdlib only (device_kind asks pam_vrf.rtnl)."""
 
 IFNAMSIZ = 16  # the kernel's limit, including the terminating NUL
 
@@ -45,18 +45,11 @@ def device_kind(name):
     """'vrf' for a VRF device, another kind ('veth', 'bridge', '' if none) for
     another device, None when there is no such device in this network namespace.
 
-    Asked over rtnetlink (IFLA_INFO_KIND), as `ip -d link` does: sysfs shows
-    the namespace it was mounted in (wrong under `nsenter --net`), and the VRF
-    driver sets no DEVTYPE in uevent. pyroute2 is imported here only: the
-    CLI's `check`, `doctor` and the helper ask this, never the login path.
+    Asked over rtnetlink (pam_vrf.rtnl, imported only when asked: the CLI's
+    `check` and `doctor` ask this, never the login path).
     """
-    from pyroute2 import IPRoute
-    with IPRoute() as ipr:
-        found = ipr.link_lookup(ifname=name)
-        if not found:
-            return None
-        info = ipr.get_links(found[0])[0].get_attr("IFLA_LINKINFO")
-        return (info.get_attr("IFLA_INFO_KIND") if info else None) or ""
+    from pam_vrf import rtnl
+    return rtnl.device_kind(name)
 
 
 def device_problem(name, plain=False):

@@ -18,40 +18,32 @@ decide() in process.
 import os
 import sys
 
-from pam_vrf import policy
+from pam_vrf import policy, protocol
 from pam_vrf.log import Logger
+from pam_vrf.protocol import PROCEED, REFUSE
 
-PROCEED, REFUSE = True, False
 VERDICT = {PROCEED: b"pam_vrf.offline: proceed\n", REFUSE: b"pam_vrf.offline: refuse\n"}
 
 
 def decide(user, service, config, reason, log):
     """PROCEED or REFUSE for a session the helper could not handle. Never raises."""
     who = f"user {user} (service {service or '-'})"
-    if service == policy.MANAGER_SERVICE:
-        return PROCEED      # the user's systemd manager: the helper leaves it alone too
     try:
-        try:
-            rules = policy.load(config)
-        except policy.ConfigError as e:
-            log.err(f"{reason}; {e}: {who} left unplaced")
-            return PROCEED
-        try:
-            rule = policy.decide(rules, user, service)
-        except policy.Undecidable as e:
-            if e.strict:
-                log.err(f"refusing session of {who}: {reason}, and {e} (a strict rule may apply)")
-                return REFUSE
-            log.err(f"{who} left unplaced: {reason}, and {e}")
-            return PROCEED
-        if rule is None or rule.target == policy.LEAVE_ALONE:
-            log.debug(f"{who} left alone ({rule.where if rule else 'no matching rule'}); {reason}")
-            return PROCEED
-        if rule.strict:
-            log.err(f"refusing session of {who}: {reason} (strict rule {rule.where}, VRF {rule.target})")
-            return REFUSE
-        log.err(f"{who} left unplaced: {reason} (rule {rule.where}, VRF {rule.target})")
-        return PROCEED
+        if service == policy.MANAGER_SERVICE:
+            found = None                # no rule is read for it (policy.unplaceable)
+        else:
+            try:
+                rules = policy.load(config)
+            except policy.ConfigError as e:
+                log.err(f"{reason}; {e}: {who} left unplaced")
+                return PROCEED
+            try:
+                found = policy.decide(rules, user, service)
+            except policy.Undecidable as e:
+                found = e
+        kind, line = policy.unplaceable(who, found, reason, service)
+        (log.debug if kind == "alone" else log.err)(line)
+        return protocol.proceeds(kind)
     except Exception as e:          # a bug must not take the login down
         log.err(f"internal error deciding for {who}: {type(e).__name__}: {e}; left unplaced")
         return PROCEED

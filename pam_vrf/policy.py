@@ -21,7 +21,7 @@ from collections import namedtuple
 
 from pam_vrf import nss
 from pam_vrf.netdev import check_ifname
-from pam_vrf.sockspec import parse_deny
+from pam_vrf.sockspec import parse_deny, parse_item
 
 DEFAULT_CONFIG = "/etc/security/vrf.conf"
 
@@ -68,8 +68,43 @@ _RuleFields = namedtuple("_RuleFields", [
 ])
 
 
+class Program(namedtuple("Program", ["deny", "mark", "priority", "plain"])):
+    """What a rule asks of the programs on its cgroup, the one form of it:
+    deny (tuple of sockspec.DenyItem, file order), mark and priority (int or
+    None), plain (the target is an ordinary interface: no VRF). Frozen and
+    hashable; the helper's state file keeps fields() (deny as texts)."""
+
+    __slots__ = ()
+
+    def fields(self):
+        return {"deny": [item.text for item in self.deny], "mark": self.mark, "priority": self.priority,
+                "plain": self.plain}
+
+    @classmethod
+    def of_fields(cls, fields):
+        """From fields() (the state file); ValueError, KeyError or TypeError when damaged."""
+        plain = fields["plain"]
+        if type(plain) is not bool or any(v is not None and type(v) is not int
+                                          for v in (fields["mark"], fields["priority"])):
+            raise ValueError(f"bad rule fields {fields!r}")
+        return cls(tuple(parse_item(text) for text in fields["deny"]), fields["mark"], fields["priority"], plain)
+
+    def text(self):
+        words = [f"deny={','.join(item.text for item in self.deny)}"] if self.deny else []
+        words += [f"{k}={getattr(self, k)}" for k in ("mark", "priority") if getattr(self, k) is not None]
+        return " ".join(words) or "bind only"
+
+
+# Root's `pam-vrf exec`: bound to the VRF, nothing denied.
+BIND_ONLY = Program((), None, None, False)
+
+
 class Rule(_RuleFields):
     __slots__ = ()
+
+    @property
+    def program(self):
+        return Program(self.deny, self.mark, self.priority, self.plain)
 
     @property
     def where(self):
@@ -308,6 +343,37 @@ class Undecidable(Exception):
     def __init__(self, rule, strict, reason):
         super().__init__(f"cannot decide rule {rule.where} ({rule.who}): {reason}")
         self.rule, self.strict, self.reason = rule, strict, reason
+
+
+def unplaceable(who, found, why=None, service=None, left="left unplaced"):
+    """The verdict for a session its rule cannot be applied to, and the line to
+    log: the helper's verdict kind and text (pam_vrf.protocol.proceeds maps it
+    to what PAM does). One place for both the helper and the PAM entries'
+    decider without it (pam_vrf.offline).
+
+    who: "user NAME (service S)". found: the Rule that applies (None: no
+    rule), or the Undecidable decide() raised instead. why: why it cannot be
+    placed (the helper absent, the placement failed), None for nothing to add.
+    service: the PAM service; the user's systemd manager's own session
+    (MANAGER_SERVICE) is left alone: it is placed only by being bound.
+    Returns (kind, line): 'alone' (no rule, '-', the manager: a debug line),
+    'refused' (the rule is strict, or a name service failed and a strict rule
+    may apply), 'unplaced' (otherwise).
+    """
+    because = f"{why}, and " if why else ""
+    if service == MANAGER_SERVICE:
+        return "alone", f"{who} left alone (the systemd user manager: bound by the helper only)"
+    if isinstance(found, Undecidable):
+        if found.strict:
+            return "refused", f"refusing session of {who}: {because}{found} (a strict rule may apply)"
+        return "unplaced", f"{who} {left}: {because}{found}"
+    if found is None or found.target == LEAVE_ALONE:
+        return "alone", f"{who} left alone ({found.where if found else 'no matching rule'})" + (
+            f"; {why}" if why else "")
+    where = f"rule {found.where}, VRF {found.target}"
+    if found.strict:
+        return "refused", f"refusing session of {who}: {why} (strict {where})"
+    return "unplaced", f"{who} {left}: {why} ({where})"
 
 
 class GroupNames:

@@ -9,13 +9,13 @@ import os
 from pam_vrf.bpf import cgroup_link, egressprog, sockprog, syscall
 
 
-def settings_for(rule, ifindex):
-    """The program settings a matched rule asks for, bound to `ifindex`."""
+def settings_for(program, ifindex):
+    """The sock-create program's settings for a policy.Program (or a Rule), bound to `ifindex`."""
     return sockprog.Settings(
         ifindex=ifindex,
-        deny=tuple((d.family, d.type, d.protocol) for d in rule.deny),
-        mark=rule.mark,
-        priority=rule.priority,
+        deny=tuple((d.family, d.type, d.protocol) for d in program.deny),
+        mark=program.mark,
+        priority=program.priority,
     )
 
 

@@ -56,6 +56,13 @@ def root_socket(socket_path=DEFAULT_SOCKET):
 
 
 VERDICTS = ("placed", "kept", "alone", "unplaced", "refused")
+# What a PAM entry does with a verdict: the session proceeds, or it fails.
+PROCEED, REFUSE = True, False
+
+
+def proceeds(kind):
+    """PROCEED or REFUSE for a verdict: only 'refused' fails the session."""
+    return REFUSE if kind == "refused" else PROCEED
 
 
 class ProtocolError(Exception):
@@ -82,12 +89,6 @@ def decode(data):
     if type(obj.get("v")) is not int or obj["v"] != VERSION:
         raise ProtocolError(f"unsupported protocol version {obj.get('v')!r} (this side speaks {VERSION})")
     return obj
-
-
-def rule_fields(rule):
-    """The part of a policy.Rule the helper needs to build the program."""
-    return {"deny": [d.text for d in rule.deny], "mark": rule.mark,
-            "priority": rule.priority, "plain": rule.plain}
 
 
 def reply(ok=True, **fields):

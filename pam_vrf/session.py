@@ -14,8 +14,7 @@ engine on the fast path.
 
 from pam_vrf import protocol
 from pam_vrf.log import Logger
-
-PROCEED, REFUSE = True, False
+from pam_vrf.protocol import PROCEED
 DEFAULT_CONFIG = "/etc/security/vrf.conf"     # policy.DEFAULT_CONFIG, without importing it
 
 
@@ -86,7 +85,7 @@ def open_session(user, service, options, log, env=None, ruser=None):
         log.debug(f"user {user}: helper says {kind} {answer.get('vrf', '')} {answer.get('error', '')}")
         if kind in ("placed", "kept") and answer.get("vrf") and env is not None:
             env["PAM_VRF"] = answer["vrf"]
-        return REFUSE if kind == "refused" else PROCEED
+        return protocol.proceeds(kind)
     except Exception as e:          # a bug must not take the login down
         log.err(f"internal error placing user {user}: {type(e).__name__}: {e}; left unplaced")
         return PROCEED

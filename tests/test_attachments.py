@@ -10,12 +10,13 @@ from testlab.run import spawn
 from pam_vrf import cgroup
 from pam_vrf.bpf import cgroup_link, syscall
 from pam_vrf.helper.attachments import Attachments, Conflict
+from pam_vrf.policy import Program
 
 pytestmark = pytest.mark.root
 
 
-BIND = {"deny": [], "mark": None, "priority": None, "plain": True}
-STRICTER = dict(BIND, deny=["inet6"])
+BIND = Program.of_fields({"deny": [], "mark": None, "priority": None, "plain": True})
+STRICTER = Program.of_fields(dict(BIND.fields(), deny=["inet6"]))
 
 
 def _sleeper(path):

@@ -26,6 +26,7 @@ import pytest
 from testlab.run import REPO
 from pam_vrf import sockspec, trace
 from pam_vrf.helper.attachments import Attachments, Conflict
+from pam_vrf.policy import Program
 
 SYSTEM_PY = "/usr/bin/python3"
 RELEASE = os.uname().release
@@ -59,6 +60,7 @@ def test_trace_without_bcc_names_python3_bpfcc():
 
 
 RULE = {"deny": ["inet6", "inet:dgram:udp"], "mark": None, "priority": None, "plain": True}
+PROGRAM = Program.of_fields(RULE)
 
 
 def _member(path):
@@ -79,13 +81,13 @@ def test_source_is_recorded_but_not_part_of_the_rule(sandbox_cgroup, tmp_path):
     att = Attachments(str(state))
     sleeper = _member(path)
     try:
-        first = att.attach(path, "lo", RULE, 1, "/etc/security/vrf.conf:3")
+        first = att.attach(path, "lo", PROGRAM, 1, "/etc/security/vrf.conf:3")
         # Another login under an equal rule written on another line: same program, no Conflict;
         # the latest line is the one named.
-        assert att.attach(path, "lo", dict(RULE), 1, "/etc/security/vrf.conf:9") == first
+        assert att.attach(path, "lo", Program.of_fields(dict(RULE)), 1, "/etc/security/vrf.conf:9") == first
         assert att.entries[path].source == "/etc/security/vrf.conf:9"
         with pytest.raises(Conflict):
-            att.attach(path, "lo", dict(RULE, deny=["inet6"]), 1, "/etc/security/vrf.conf:9")
+            att.attach(path, "lo", Program.of_fields(dict(RULE, deny=["inet6"])), 1, "/etc/security/vrf.conf:9")
         att.flush()
         saved = json.loads(state.read_text())
         assert saved[path]["source"] == "/etc/security/vrf.conf:9" and saved[path]["rule"] == RULE
@@ -101,8 +103,8 @@ def test_source_is_recorded_but_not_part_of_the_rule(sandbox_cgroup, tmp_path):
         state.write_text(json.dumps(saved))
         old = Attachments(str(state))
         try:
-            assert old.entries[path].rule == RULE and old.entries[path].source is None
-            old.attach(path, "lo", RULE, 1, "/etc/security/vrf.conf:4")     # the same rule: no Conflict
+            assert old.entries[path].rule == PROGRAM and old.entries[path].source is None
+            old.attach(path, "lo", PROGRAM, 1, "/etc/security/vrf.conf:4")     # the same rule: no Conflict
             assert old.entries[path].source == "/etc/security/vrf.conf:4"
         finally:
             for fd, _ in list(old._fds.values()):

@@ -1,7 +1,7 @@
 """vrf.conf parses, and every VRF it names exists and is a VRF (an ordinary
 device where the rule says `plain`), in this network namespace.
 
-Devices are looked up over rtnetlink (pyroute2, as the helper and
+Devices are looked up over rtnetlink (pam_vrf.rtnl, as the helper and
 netdev.device_kind do), all at once.
 """
 
@@ -24,22 +24,14 @@ class Devices:
         self.links = None           # None: pyroute2 missing or failed, sysfs instead
         self.error = None
         try:
-            from pyroute2 import IPRoute
+            from pam_vrf import rtnl
         except ImportError:
             self.error = "pyroute2 is not installed"
             return
         try:
-            ipr = IPRoute()
-            try:
-                links = {}
-                for msg in ipr.get_links():
-                    info = msg.get_attr("IFLA_LINKINFO")
-                    kind = info.get_attr("IFLA_INFO_KIND") if info else None
-                    links[msg.get_attr("IFLA_IFNAME")] = (msg["index"], kind or "")
-                self.links = links
-            finally:
-                ipr.close()
-        except Exception as e:          # pyroute2 raises its own types
+            with rtnl.connect() as ipr:
+                self.links = {name: (index, kind or "") for name, index, kind, _ in rtnl.links(ipr)}
+        except OSError as e:
             self.error = f"rtnetlink: {e}"
 
     @classmethod

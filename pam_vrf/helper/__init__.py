@@ -5,6 +5,6 @@
     requests     what each request may do, checked against its peer
     attachments  programs loaded once per rule, attached to VRF cgroups,
                  re-attached when a VRF comes back with a new ifindex
-    links        pyroute2: name -> ifindex, "is it a VRF", link events
+    links        name -> ifindex, "is it a VRF", link events (pam_vrf.rtnl)
     main         command line, socket set-up, signals
 """

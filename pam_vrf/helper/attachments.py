@@ -32,13 +32,13 @@ import time
 from typing import NamedTuple
 
 from pam_vrf import cgroup, programs
-from pam_vrf.bpf import cgroup_link, egressprog, joinprog, sockprog, syscall
-from pam_vrf.sockspec import parse_item
+from pam_vrf.policy import Program
+from pam_vrf.bpf import cgroup_link, egressprog, joinprog, syscall
 
 
 class Entry(NamedTuple):
     vrf: str
-    rule: dict          # protocol.rule_fields(): deny texts, mark, priority, plain
+    rule: Program       # the rule's (policy.Program; fields() in the state file)
     ifindex: int
     # Where the rule was written ("/etc/security/vrf.conf:12"; None: root's
     # `pam-vrf exec`, or a state file from before it was recorded). Only for
@@ -50,11 +50,6 @@ class Entry(NamedTuple):
 class Conflict(Exception):
     """The cgroup is in use under another rule: replacing its program would
     change (e.g. weaken) what applies to the processes already in it."""
-
-
-def settings(rule, ifindex):
-    deny = tuple(tuple(parse_item(text)[:3]) for text in rule["deny"])
-    return sockprog.Settings(ifindex, deny, rule["mark"], rule["priority"])
 
 
 class Attachments:
@@ -89,8 +84,8 @@ class Attachments:
         current = self._current(path)
         if current is not None and current.rule != rule and not replace and cgroup.members(path):
             raise Conflict(f"{path} holds processes placed under another rule for {vrf} "
-                           f"({_rule_text(current.rule)}); not replacing it with ({_rule_text(rule)})")
-        fd, prog_id = self._program(settings(rule, ifindex))
+                           f"({current.rule.text()}); not replacing it with ({rule.text()})")
+        fd, prog_id = self._program(programs.settings_for(rule, ifindex))
         wanted = Entry(vrf, rule, ifindex, source)
         if current is not None and current._replace(source=source) == wanted \
                 and [a.prog_id for a in cgroup_link.query(path)] == [prog_id]:
@@ -129,7 +124,7 @@ class Attachments:
         again since); else trust what this helper attached (link events)."""
         if self.devices is None:
             return
-        allowed = self.devices(entry.vrf, entry.rule["plain"], entry.ifindex)
+        allowed = self.devices(entry.vrf, entry.rule.plain, entry.ifindex)
         guards = self._guards(entry.vrf, allowed)
         if self._egress.get(path) == allowed and (not check or all(
                 [a.prog_id for a in cgroup_link.query(path, kind)] == [prog_id]
@@ -146,7 +141,7 @@ class Attachments:
             return 0
         done, wanted = 0, {}
         for path, entry in list(self.entries.items()):
-            key = (entry.vrf, entry.rule["plain"], entry.ifindex)
+            key = (entry.vrf, entry.rule.plain, entry.ifindex)
             if key not in wanted:
                 wanted[key] = self.devices(*key)
             if self._egress.get(path) == wanted[key]:
@@ -186,7 +181,7 @@ class Attachments:
         """At start: re-attach VRFs whose ifindex changed while we were down,
         and give every remembered cgroup the egress program for its VRF's
         devices now. `resolve(vrf, plain)` returns the current ifindex or raises."""
-        for vrf, plain in {(e.vrf, e.rule["plain"]) for e in self.entries.values()}:
+        for vrf, plain in {(e.vrf, e.rule.plain) for e in self.entries.values()}:
             try:
                 self.relink(vrf, resolve(vrf, plain))
             except Exception as e:
@@ -220,7 +215,7 @@ class Attachments:
         return self._fds[wanted]
 
     def _release_unused(self):
-        used = {settings(e.rule, e.ifindex) for e in self.entries.values()}
+        used = {programs.settings_for(e.rule, e.ifindex) for e in self.entries.values()}
         for key in [k for k in self._fds if k not in used]:
             os.close(self._fds.pop(key)[0])
         for path in [p for p in self._egress if p not in self.entries]:
@@ -272,7 +267,7 @@ class Attachments:
         self.dirty = False
         if not self.state_file:
             return
-        data = {path: e._asdict() for path, e in self.entries.items()}
+        data = {path: dict(e._asdict(), rule=e.rule.fields()) for path, e in self.entries.items()}
         tmp = f"{self.state_file}.tmp"
         try:
             with open(tmp, "w") as f:
@@ -291,9 +286,8 @@ class Attachments:
         try:
             with open(self.state_file) as f:
                 data = json.load(f)
-            entries = {path: Entry(**fields) for path, fields in data.items()}
-            for entry in entries.values():
-                settings(entry.rule, entry.ifindex)       # raises on a damaged entry
+            entries = {path: Entry(**dict(fields, rule=Program.of_fields(fields["rule"])))
+                       for path, fields in data.items()}
             self.entries = entries
         except FileNotFoundError:
             return
@@ -302,12 +296,6 @@ class Attachments:
                 self.log.warning(f"ignoring unreadable state file {self.state_file}: {e}")
             self.entries = {}
         self.flush()
-
-
-def _rule_text(rule):
-    words = [f"deny={','.join(rule['deny'])}"] if rule["deny"] else []
-    words += [f"{k}={rule[k]}" for k in ("mark", "priority") if rule[k] is not None]
-    return " ".join(words) or "bind only"
 
 
 def _inode(path):

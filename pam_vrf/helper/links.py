@@ -1,29 +1,21 @@
-"""Network devices through rtnetlink (pyroute2): lookups and link events.
-
-The only module that imports pyroute2; the login path never does.
+"""Network devices through rtnetlink (pam_vrf.rtnl): lookups and link events,
+with the caches the helper keeps right by those events.
 """
 
 import errno
 import select
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.rtnl import RTMGRP_LINK
+from pam_vrf import rtnl
 
 
 class DeviceError(Exception):
     pass
 
 
-def _kind(msg):
-    info = msg.get_attr("IFLA_LINKINFO")
-    return info.get_attr("IFLA_INFO_KIND") if info else None
-
-
 class Links:
     def __init__(self):
-        self._query = IPRoute()
-        self._events = IPRoute()
-        self._events.bind(groups=RTMGRP_LINK)
+        self._query = rtnl.connect()
+        self._events = rtnl.connect(link_events=True)
         # name -> (ifindex, kind), kept right by the link events we watch anyway:
         # a netlink query per attach was half of an attach's cost.
         self._cache = {}
@@ -42,10 +34,10 @@ class Links:
         """ifindex of device `name`; it must be a VRF unless `plain`."""
         self._behind()
         if name not in self._cache:
-            found = self._query.link_lookup(ifname=name)
-            if not found:
+            found = rtnl.link(self._query, name)
+            if found is None:
                 raise DeviceError(f"no network device '{name}'")
-            self._cache[name] = (found[0], _kind(self._query.get_links(found[0])[0]))
+            self._cache[name] = found
         index, kind = self._cache[name]
         if not plain:
             if kind != "vrf":
@@ -67,11 +59,10 @@ class Links:
             return frozenset({index})
         if index not in self._members:
             try:
-                links = self._query.get_links()
-            except Exception as e:      # pyroute2's NetlinkError is no OSError: placement must see one
+                links = rtnl.links(self._query)
+            except OSError as e:        # placement must see an OSError naming the VRF
                 raise OSError(errno.EIO, f"cannot list the links of VRF {name}: {e}") from None
-            self._members[index] = frozenset(
-                link["index"] for link in links if link.get_attr("IFLA_MASTER") == index)
+            self._members[index] = frozenset(link for _, link, _, master in links if master == index)
         return frozenset({index}) | self._members[index]
 
     def fileno(self):

@@ -25,7 +25,6 @@ from pam_vrf.helper.policy_cache import Unavailable
 # cgroups the helper may place one non-root user's `pam-vrf exec` in (each
 # is a program attachment the helper keeps track of), whoever made them.
 MAX_CGROUPS_PER_UID = 32
-BIND_ONLY = {"deny": [], "mark": None, "priority": None, "plain": False}
 
 
 class PlacementError(Exception):
@@ -59,7 +58,7 @@ class Placement:
         try:
             rule = policy.decide(rules, account, service)
         except policy.Undecidable as e:
-            return self._undecided(who, e, "left unplaced")
+            return self._unplaceable(who, e, None)
         if rule is None or rule.target == policy.LEAVE_ALONE:
             self.log.debug(f"{who} left alone ({rule.where if rule else 'no matching rule'})")
             return verdict("alone", rule=rule.where if rule else None)
@@ -76,14 +75,10 @@ class Placement:
             self.log.err(f"refusing session of {who}: {problem} (strict rule {rule.where})")
             return verdict("refused", error=problem, rule=rule.where)
         try:
-            where = self.move(proc, rule.target, protocol.rule_fields(rule), account=uid, reattach=True,
+            where = self.move(proc, rule.target, rule.program, account=uid, reattach=True,
                               source=rule.where)
         except PlacementError as e:
-            if rule.strict:
-                self.log.err(f"refusing session of {who}: {e} (strict rule {rule.where})")
-                return verdict("refused", error=str(e), rule=rule.where)
-            self.log.err(f"{who} left unplaced: {e} (rule {rule.where})")
-            return verdict("unplaced", error=str(e), rule=rule.where)
+            return self._unplaceable(who, rule, e)
         placed = f"{who} placed in VRF {rule.target} (rule {rule.where}), cgroup {where}, pid {proc.pid}"
         try:
             # Also at login: a manager that started before the policy changed.
@@ -147,7 +142,7 @@ class Placement:
             self.log.err(f"{who} left unbound: {e}")
             return verdict("unplaced", error=str(e))
         except policy.Undecidable as e:
-            return self._undecided(who, e, "left unbound")
+            return self._unplaceable(who, e, None, "left unbound")
         if rule is None:
             self.log.debug(f"{who} left alone: no rule places a session of {user}")
             return verdict("alone")
@@ -157,11 +152,7 @@ class Placement:
                 raise PlacementError(f"pid {proc.pid} is not in the user's systemd manager cgroup "
                                      f"(user@UID.service)")
         except PlacementError as e:
-            if rule.strict:
-                self.log.err(f"refusing session of {who}: {e} (strict rule {rule.where})")
-                return verdict("refused", error=str(e), rule=rule.where)
-            self.log.err(f"{who}: the systemd user manager left unbound: {e} (rule {rule.where})")
-            return verdict("unplaced", error=str(e), rule=rule.where)
+            return self._unplaceable(who, rule, e, "left unbound (the systemd user manager)")
         self.log.info(f"{who}: systemd user manager {manager} bound to VRF {rule.target} "
                       f"(rule {rule.where}) before it starts, pid {proc.pid}")
         return verdict("placed", vrf=rule.target, rule=rule.where, cgroup=manager)
@@ -179,20 +170,19 @@ class Placement:
             return None
         except policy.Undecidable as e:
             return f"the rule of the user's systemd manager is undecidable: {e}"
-        if carried is not None and (carried.target, protocol.rule_fields(carried)) == \
-                (rule.target, protocol.rule_fields(rule)):
+        if carried is not None and (carried.target, carried.program) == (rule.target, rule.program):
             return None
         return (f"the user's systemd manager carries {'rule ' + carried.where if carried else 'no rule'}, not "
                 f"this one: what the session starts with systemd-run --user would leave it (give the account "
                 f"one placing rule, or put this one first)")
 
-    def _undecided(self, who, e, unplaced):
-        """The verdict when a name service failure leaves the rule open."""
-        if e.strict:
-            self.log.err(f"refusing session of {who}: {e} (a strict rule may apply)")
-            return verdict("refused", error=str(e))
-        self.log.err(f"{who} {unplaced}: {e}")
-        return verdict("unplaced", error=str(e))
+    def _unplaceable(self, who, found, error, left="left unplaced"):
+        """The verdict (policy.unplaceable) when `found` (a Rule, or the
+        Undecidable raised instead) cannot be applied: `error` says why."""
+        kind, line = policy.unplaceable(who, found, error, left=left)
+        self.log.err(line)
+        rule = found.where if isinstance(found, policy.Rule) else None
+        return verdict(kind, error=str(error or found), rule=rule)
 
     def _manager_rule(self, rules, account):
         """The rule the user's systemd manager is bound with, or None: the first
@@ -231,7 +221,7 @@ class Placement:
         try:
             # Replaced whoever is inside: one account, one manager rule; processes
             # the user parked in user@UID.service must not pin an old one.
-            self.attachments.attach(path, rule.target, protocol.rule_fields(rule),
+            self.attachments.attach(path, rule.target, rule.program,
                                     self._resolve(rule.target, rule.plain), rule.where, replace=True)
         except (OSError, Conflict) as e:
             raise PlacementError(f"the systemd user manager cannot be bound to VRF "
@@ -244,14 +234,14 @@ class Placement:
         """Move the requester into `vrf` if it may enter it; returns the cgroup."""
         source = None
         if peer_uid == 0:
-            fields = dict(BIND_ONLY, plain=plain)
+            program = policy.BIND_ONLY._replace(plain=plain)
         else:
             if proc.ruid != peer_uid or proc.euid != peer_uid:
                 raise PlacementError(f"pid {proc.pid} (uid {proc.ruid}/{proc.euid}) is not "
                                      f"a process of uid {peer_uid}")
             rule = self._exec_rule(peer_uid, vrf)
-            fields, source = protocol.rule_fields(rule), rule.where
-        return self.move(proc, vrf, fields, owner=None if peer_uid == 0 else peer_uid, account=peer_uid,
+            program, source = rule.program, rule.where
+        return self.move(proc, vrf, program, owner=None if peer_uid == 0 else peer_uid, account=peer_uid,
                          source=source)
 
     def _exec_rule(self, uid, vrf):
@@ -273,9 +263,9 @@ class Placement:
 
     # -- the placement routine -------------------------------------------------
 
-    def move(self, proc, vrf, fields, owner=None, account=None, reattach=False, source=None):
+    def move(self, proc, vrf, program, owner=None, account=None, reattach=False, source=None):
         """Put the pinned process `proc` into its cgroup for `vrf` (or 'default')
-        under the rule `fields`; returns the cgroup (hierarchy path).
+        under the rule's `program` (policy.Program); returns the cgroup (hierarchy path).
 
         owner: the non-root uid charged for cgroups created here (None: root).
         account: the uid whose session it is (None: unknown). Only it, root and
@@ -297,19 +287,19 @@ class Placement:
                 return where
             ifindex = None
             if vrf != policy.DEFAULT_VRF:       # the device first: no cgroup for a refusal
-                ifindex = self._resolve(vrf, fields["plain"])
+                ifindex = self._resolve(vrf, program.plain)
             try:
-                self._prepare(where, path, vrf, fields, ifindex, owner, source, trusted)
+                self._prepare(where, path, vrf, program, ifindex, owner, source, trusted)
             except Conflict:
                 if not reattach:
                     raise
                 # Without logind, logins of one VRF share <daemon cgroup>/vrf/NAME;
                 # one under another rule gets a level of its own rather than
                 # going unplaced (or replacing the rule of those already there).
-                where = cgroup.with_level(where, _rule_level(fields))
+                where = cgroup.with_level(where, _rule_level(program))
                 path = self._directory(where)
                 here = cgroup.fs_path(cgroup.cgroup_of(proc.pid)) == path
-                self._prepare(where, path, vrf, fields, ifindex, owner, source, trusted)
+                self._prepare(where, path, vrf, program, ifindex, owner, source, trusted)
             if not here:
                 process.check(proc)
                 cgroup.move(proc.pid, path)
@@ -318,7 +308,7 @@ class Placement:
             raise PlacementError(str(e)) from None
         return where
 
-    def _prepare(self, where, path, vrf, fields, ifindex, owner, source, trusted):
+    def _prepare(self, where, path, vrf, program, ifindex, owner, source, trusted):
         """The cgroup exists, only `trusted` uids can write it and what is above
         it, and it carries the rule's program (Conflict if it holds processes
         placed under another rule)."""
@@ -330,7 +320,7 @@ class Placement:
         # Levels made in advance by another user (vrf/NAME, pam-vrf-rule-HASH).
         cgroup.check_trusted(where, trusted)
         if ifindex is not None:
-            self.attachments.attach(path, vrf, fields, ifindex, source)
+            self.attachments.attach(path, vrf, program, ifindex, source)
 
     def _directory(self, where):
         """The directory of a hierarchy path, refused unless it is normalised."""
@@ -355,9 +345,10 @@ class Placement:
         self._created[owner] = mine
 
 
-def _rule_level(fields):
-    """A cgroup name that stands for one rule (deny/mark/priority): same rule, same name."""
-    text = repr(sorted((k, v) for k, v in fields.items()))
+def _rule_level(program):
+    """A cgroup name that stands for one rule (deny/mark/priority): same rule, same name
+    (the same names as before policy.Program: fields() is what was hashed)."""
+    text = repr(sorted((k, v) for k, v in program.fields().items()))
     return "pam-vrf-rule-" + hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
