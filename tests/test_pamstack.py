@@ -279,3 +279,21 @@ def test_shipped_profile_in_both_common_files_is_fine_systemd_user_included(pam)
     insert(pam, "common-session", f"session {line}")
     insert(pam, "common-session-noninteractive", f"session {line}")
     assert pamstack.audit(str(pam)) == []
+
+
+def test_where_the_shipped_profile_runs_in_each_debian_service(pam):
+    """With the profile's line in both common files (what pam-auth-update writes),
+    on each release: ssh, login and su run it after pam_systemd; cron, atd and
+    sudo (no pam_systemd) run it too; systemd-user includes it before its own
+    pam_systemd (the helper leaves that session alone, so audit() says nothing);
+    runuser (no common-session include) does not run it."""
+    for name in ("common-session", "common-session-noninteractive"):
+        insert(pam, name, VRF_SO)
+    where = {e.service: (e.entry, e.position) for e in pamstack.entries(str(pam))}
+    for service in ("sshd", "login", "su", "su-l", "sudo-i"):
+        assert where[service] == ("pam_vrf.so", "after pam_systemd"), service
+    for service in ("cron", "atd", "sudo", "doas"):
+        assert where[service] == ("pam_vrf.so", "no pam_systemd"), service
+    assert where["systemd-user"] == ("pam_vrf.so", "before pam_systemd")
+    assert where["runuser"] == ("none", None)
+    assert pamstack.audit(str(pam)) == []
