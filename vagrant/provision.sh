@@ -40,7 +40,10 @@
 set -u
 
 # Runtime packages (the CI image adds the kernel/boot ones itself).
-# (bpftool: tests/vm counts loaded and attached BPF programs with it;
+# (slapd ldap-utils sssd-ldap libnss-sss libnss-ldapd nslcd: directory
+# accounts, tests/vm/test_vm_directory.py, which starts them itself; here
+# they are installed, switched off and kept out of nsswitch.conf and PAM;
+# bpftool: tests/vm counts loaded and attached BPF programs with it;
 # gcc libc6-dev libpam0g-dev: `make install` builds the C module pam_vrf.so;
 # cron, at: the VM tests check that their sessions are placed too;
 # adduser: the package's postinst makes the helper's user with it;
@@ -51,7 +54,8 @@ set -u
 PACKAGES="iproute2 openssh-server openssh-client libpam-python libpam-systemd pamtester
 python3 python3-pytest python3-pyroute2 kmod make procps iputils-ping netbase bpftool
 gcc libc6-dev libpam0g-dev cron at adduser python3-bpfcc
-dnsmasq-base apt-utils curl systemd-resolved libnss-resolve"
+dnsmasq-base apt-utils curl systemd-resolved libnss-resolve
+slapd ldap-utils sssd-ldap libnss-sss libnss-ldapd nslcd"
 
 if [ "${1:-}" = "--print-packages" ]; then
     echo $PACKAGES
@@ -132,6 +136,28 @@ if grep -qE '^hosts:.*[[:space:]]resolve([[:space:]]|$)' /etc/nsswitch.conf 2>/d
     sed -i -E '/^hosts:/s/[[:space:]]+resolve([[:space:]]+\[[^]]*\])?//' /etc/nsswitch.conf \
         || fail "nsswitch.conf: drop resolve"
     echo "nsswitch.conf: $(grep '^hosts:' /etc/nsswitch.conf)"
+fi
+
+# --- directory services: installed, off ----------------------------------------
+# tests/vm/test_vm_directory.py runs its own slapd (loopback only) and turns
+# SSSD or nslcd on for itself. Until then no login may depend on them: their
+# units are off, nsswitch.conf names only files/systemd, and libpam-sss's
+# pam-auth-update profile (pam_sss in every stack) is not enabled.
+log "directory services: slapd, sssd, nslcd off; nsswitch and PAM without sss/ldap"
+for unit in slapd.service sssd.service nslcd.service; do
+    if systemctl cat "$unit" >/dev/null 2>&1 || [ -f "/lib/systemd/system/$unit" ] || [ -f "/etc/init.d/${unit%.service}" ]; then
+        systemctl disable "$unit" 2>/dev/null || fail "systemctl disable $unit"
+        if [ $BOOTED = 1 ]; then systemctl stop "$unit" || true; fi
+    fi
+done
+if grep -qE '^[a-z]+:.*[[:space:]](sss|ldap)([[:space:]]|$)' /etc/nsswitch.conf 2>/dev/null; then
+    sed -i -E -e '/^[a-z]+:/{:a' -e 's/[[:space:]]+(sss|ldap)([[:space:]]+\[[^]]*\])?([[:space:]]|$)/\3/; ta' -e '}' /etc/nsswitch.conf \
+        || fail "nsswitch.conf: drop sss/ldap"
+    echo "nsswitch.conf without sss/ldap: $(grep -E '^(passwd|group):' /etc/nsswitch.conf | tr '\n' ' ')"
+fi
+# --disable (not --remove): it stays off when pam-auth-update runs again.
+if [ -f /usr/share/pam-configs/sss ] && grep -q 'pam_sss\.so' /etc/pam.d/common-* 2>/dev/null; then
+    pam-auth-update --disable sss || fail "pam-auth-update --disable sss"
 fi
 
 # --- pam-vrf itself -----------------------------------------------------
