@@ -605,6 +605,52 @@ def test_largest_requests_and_hostile_replies_under_addresssanitizer(decider, pa
         assert pamtester(syslog, service, "alice", env=env).opened
 
 
+# -- util-linux su, the setuid client the module exists for -----------------------
+
+def real_su(syslog, scratch, module_args, invoker, target, module=MODULE):
+    """/bin/su run by a non-root `invoker` for `target`, with a stack of ours
+    bound over /etc/pam.d/su in the private mount namespace syslog.wrap makes
+    (the host's file is never touched): pam_permit, then the module."""
+    stack = os.path.join(scratch, "su.pam")
+    with open(stack, "w") as f:
+        f.write("auth required pam_permit.so\naccount required pam_permit.so\nsession required pam_permit.so\n"
+                f"session [success=ok session_err=bad default=ignore] {module} {module_args}\n")
+    argv = syslog.wrap(["sh", "-c", 'mount --bind "$0" /etc/pam.d/su && exec "$@"', stack,
+                        "setpriv", f"--reuid={invoker.pw_uid}", f"--regid={invoker.pw_gid}", "--init-groups",
+                        "su", "-s", "/bin/sh", "-c", "echo opened", target])
+    proc = subprocess.run(argv, env={"PATH": SYSTEM_PATH}, cwd="/", stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=120)
+    return proc.returncode == 0 and proc.stdout == "opened\n", proc
+
+
+def test_real_su_sends_user_and_service_and_logs_an_unknown_argument(decider, syslog, scratch, raw_server,
+                                                                     throwaway_user):
+    server = raw_server(b'{"v":2,"ok":true,"verdict":"alone"}')
+    invoker, target = throwaway_user(), throwaway_user()
+    mark = syslog.mark()
+    opened, proc = real_su(syslog, scratch, f"socket={scratch}/helper.sock colour=blue", invoker, target.pw_name)
+    assert opened, proc
+    assert [json.loads(r) for r in server.requests] == [{"v": 2, "op": "open", "user": target.pw_name,
+                                                        "service": "su"}]
+    line = syslog.wait_for(["pam_vrf(su:session): ignoring unknown module argument 'colour=blue'"], mark)
+    assert line.startswith(f"<{AUTHPRIV + WARNING}>"), line
+
+
+@pytest.mark.parametrize("rule, opened", [("plain", True), ("plain strict", False)])
+def test_real_su_with_the_helper_down_gets_the_deciders_verdict(decider, syslog, scratch, throwaway_user,
+                                                                vrf_conf, rule, opened):
+    """The decider runs from inside su (descriptors by pam_modutil_sanitize_helper_fds)
+    and its verdict line comes back: a strict rule refuses su, a plain one lets it open."""
+    invoker, target = throwaway_user(), throwaway_user()
+    config = vrf_conf(f"{target.pw_name}  vtnone  {rule}\n")
+    mark = syslog.mark()
+    got, proc = real_su(syslog, scratch, f"config={config} socket={scratch}/nowhere/helper.sock", invoker,
+                        target.pw_name)
+    assert got == opened, proc
+    syslog.wait_for(["pam_vrf[", f"user {target.pw_name}", "refusing session" if rule.endswith("strict")
+                     else "left unplaced"], mark)
+
+
 # -- the real helper: the happy path ---------------------------------------------
 
 # libpam through ctypes: open a session for argv[1:3] (service, user) in this
