@@ -198,6 +198,9 @@ def _decisions_in_namespace(nss, paths, user, repeats):
     """_decisions() in a python3 inside the private NSS namespace (this file, run as a script)."""
     argv = [PY, "-B", os.path.abspath(__file__), "decisions", user, str(repeats)]
     argv += [f"{variant}={path}" for variant, path in paths.items()]
+    # wrap() writes /etc/group afresh: past nss._RACY (2 s) the group-name cache
+    # holds, as on a host whose group file is not being edited.
+    argv = ["sh", "-c", 'sleep 2.5 && exec "$@"', "sh", *argv]
     proc = subprocess.run(nss.wrap(argv), capture_output=True, text=True, cwd="/", timeout=300)
     if proc.returncode != 0:
         raise RuntimeError(f"P4 decision run failed:\n{proc.stderr}")

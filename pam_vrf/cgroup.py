@@ -185,7 +185,7 @@ def netns_name(pid="self"):
     return ""
 
 
-def vrf_cgroup(vrf, pid="self", netns=None, trusted=None):
+def vrf_cgroup(vrf, pid="self", netns=None, trusted=None, current=None):
     """The cgroup (a path in the hierarchy, as /proc/PID/cgroup shows it) that
     places process `pid` into `vrf` by iproute2's rule.
 
@@ -193,8 +193,9 @@ def vrf_cgroup(vrf, pid="self", netns=None, trusted=None):
     cgroup, so a logind session scope stays the parent of its VRF cgroup.
     `netns` overrides the name of the process's network namespace.
     `trusted` (uids): the VRF level goes no deeper than trusted_base() allows.
+    `current`: the process's cgroup when the caller has just read it.
     """
-    base = base_of(cgroup_of(pid))
+    base = base_of(current if current is not None else cgroup_of(pid))
     if trusted is not None:
         base = trusted_base(base, trusted)
     if netns is None:

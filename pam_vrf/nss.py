@@ -16,6 +16,7 @@ import errno
 import os
 import re
 import threading
+import time
 from collections import namedtuple
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -233,19 +234,67 @@ def _entries(service, what):
                 endent()
 
 
-def groups():
-    """[(name, gid)] of the groups the sources enumerate. Like getgrent(), a
-    source that fails is skipped (nss-systemd cannot enumerate without
+# The files source's groups by gid, and the stat of /etc/group they were read
+# with: most hosts' group database is files, and enumerating 1 000 groups on
+# every login was most of a decision's cost (bench P4).
+GROUP_FILE = "/etc/group"
+_files_groups = {"key": None, "by_gid": None}
+# A file changed less than this long ago is read again, whatever its stat says:
+# two writes in place within one tick of the kernel's clock can leave the same
+# size and times (as git's "racily clean" index entries).
+_RACY = 2.0
+
+
+def _signature(path):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None, 0
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns), max(st.st_mtime, st.st_ctime)
+
+
+def _by_gid(service):
+    """{gid: (names...)} of one source's enumeration; {} when it fails (like getgrent())."""
+    try:
+        entries = _entries(service, "the group database")
+    except NssError:
+        return {}
+    by_gid = {}
+    for name, gid, _ in entries:
+        by_gid[gid] = by_gid.get(gid, ()) + (name.decode(errors="replace"),)
+    return by_gid
+
+
+def groups_by_gid():
+    """{gid: (names...)} of the groups the sources enumerate. Like getgrent(),
+    a source that fails is skipped (nss-systemd cannot enumerate without
     systemd), and SSSD or LDAP may enumerate none of theirs: a caller needing
-    a gid's name looks up by gid what this does not show (group_by_gid)."""
-    found = []
+    a gid's name looks up by gid what this does not show (group_by_gid), and
+    learns there whether that source is down. The files source's part is kept
+    while /etc/group is unchanged (and was not changed in the last _RACY s)."""
+    found = None
     for service, _ in _chain("group") or [("files", {})]:
-        try:
-            entries = _entries(service, "the group database")
-        except NssError:
-            continue
-        found += [(name.decode(errors="replace"), gid) for name, gid, _ in entries]
-    return found
+        if service == "files":
+            key, changed = _signature(GROUP_FILE)
+            if key is None or key != _files_groups["key"]:
+                by_gid = _by_gid(service)
+                racy = key is None or time.time() - changed < _RACY
+                _files_groups.update(key=None if racy else key, by_gid=by_gid)
+            part = _files_groups["by_gid"]
+        else:
+            part = _by_gid(service)
+        if found is None:
+            found = part
+        elif part:
+            found = dict(found)
+            for gid, names in part.items():
+                found[gid] = found.get(gid, ()) + names
+    return found or {}
+
+
+def groups():
+    """[(name, gid)] of the groups the sources enumerate (see groups_by_gid)."""
+    return [(name, gid) for gid, names in groups_by_gid().items() for name in names]
 
 
 def gids(account):

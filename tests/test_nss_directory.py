@@ -14,9 +14,11 @@ call with UNAVAIL (EHOSTDOWN) while a file exists: nslcd with slapd stopped.
 """
 
 import grp
+import json
 import os
 import random
 import subprocess
+import time
 
 import pytest
 
@@ -251,3 +253,86 @@ def test_the_offline_decider_refuses_the_login_when_the_directory_is_down(direct
     assert proc.returncode == 1 and "successfully opened" not in proc.stdout + proc.stderr, proc
     syslog.wait_for(["pam_vrf[", f"refusing session of user {directory['user']} ", "a strict rule may apply",
                      "Host is down"], mark)
+
+
+# -- the group-name cache (nss.groups_by_gid: the files source's enumeration) ------
+
+@pytest.fixture
+def local_group():
+    from testlab.users import add_group, remove_group
+    name = add_group(f"pvtcg{testlab.uid_tag()}")
+    yield name
+    remove_group(name)
+
+
+def _settle(path="/etc/group"):
+    """Wait until `path` is older than nss._RACY: only then is the cache kept."""
+    from pam_vrf import nss
+    st = os.stat(path)
+    time.sleep(max(0.0, nss._RACY + 0.1 - (time.time() - max(st.st_mtime, st.st_ctime))))
+
+
+def test_the_group_name_cache_never_hides_a_membership_change(throwaway_user, local_group, monkeypatch):
+    """More than 32 @group names: the account's gids are named from the files
+    source's enumeration, kept while /etc/group is unchanged. It is used (no
+    second enumeration), and a membership added or removed (gpasswd: a new
+    file) is seen by the very next decision."""
+    from pam_vrf import nss
+    user = throwaway_user().pw_name
+    text, line = _policy(local_group, decoys=policy.GroupNames.ENUMERATE_ABOVE + 8)
+    rules = policy.parse(text, "vrf.conf")
+    read = []
+    real = nss._by_gid
+    monkeypatch.setattr(nss, "_by_gid", lambda service: read.append(service) or real(service))
+
+    def where():
+        rule = policy.decide(rules, user, "sshd")
+        return rule.where if rule else None
+
+    for _ in range(20):             # other tests on this host add users and groups too
+        _settle()
+        before, changed = nss._signature("/etc/group")
+        assert where() == f"vrf.conf:{line + 1}"         # `* default`: not a member
+        read.clear()
+        assert where() == f"vrf.conf:{line + 1}"
+        if nss._signature("/etc/group")[0] == before and time.time() - changed > nss._RACY:
+            break
+    assert "files" not in read, read                      # the second decision used the cache
+    for action, want in (("-a", line), ("-d", line + 1)):
+        testlab.sh("gpasswd", action, user, local_group)
+        assert where() == f"vrf.conf:{want}", action        # at once, no settling
+        _settle()
+        assert where() == f"vrf.conf:{want}", action
+
+
+CACHED_DECIDE = """
+import json, os, sys
+from pam_vrf import policy
+down, user = sys.argv[1], sys.argv[2]
+rules = policy.parse(sys.stdin.read(), "vrf.conf")
+got = []
+for _ in range(2):
+    try:
+        rule = policy.decide(rules, user, "sshd")
+        got.append(rule.where if rule else None)
+    except policy.Undecidable as e:
+        got.append(("undecidable-strict: " if e.strict else "undecidable: ") + e.reason)
+    open(down, "w").close()         # the directory goes down between the two decisions
+print(json.dumps(got))
+"""
+
+
+def test_the_group_name_cache_never_hides_a_name_service_failure(directory):
+    """One process decides twice, with the cache warm (the first decision
+    enumerated the group database, the directory's group included); the
+    directory goes down in between: the second decision is Undecidable."""
+    _settle()
+    text, line = _policy(directory["group"], decoys=policy.GroupNames.ENUMERATE_ABOVE + 8)
+    argv = in_namespace(directory["nsswitch"]["last"],
+                        [testlab.PY, "-I", "-c", CACHED_DECIDE, directory["down"], directory["user"]])
+    proc = subprocess.run(argv, input=text, text=True, capture_output=True, env={"PATH": SYSTEM_PATH}, cwd="/",
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    first, second = json.loads(proc.stdout)
+    assert first == f"vrf.conf:{line}", first
+    assert second.startswith("undecidable-strict: ") and "Host is down" in second, second

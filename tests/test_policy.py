@@ -648,7 +648,7 @@ def test_enumeration_path_gives_same_decisions(nss_accounts, monkeypatch):
     assert len({r.who for r in few if r.who.startswith("@")}) <= above
 
     calls = {"getgrall": 0, "getgrnam": []}
-    real_getgrall, real_getgrnam = nss.groups, nss.group
+    real_getgrall, real_getgrnam = nss.groups_by_gid, nss.group
 
     def counting_getgrall():
         calls["getgrall"] += 1
@@ -658,7 +658,7 @@ def test_enumeration_path_gives_same_decisions(nss_accounts, monkeypatch):
         calls["getgrnam"].append(name)
         return real_getgrnam(name)
 
-    monkeypatch.setattr(policy.nss, "groups", counting_getgrall)
+    monkeypatch.setattr(policy.nss, "groups_by_gid", counting_getgrall)
     monkeypatch.setattr(policy.nss, "group", counting_getgrnam)
 
     who_list = [p + "a", p + "b", p + "c", p + "nouser", "root"]
@@ -716,8 +716,9 @@ def test_enumeration_falls_back_to_lookup_for_hidden_groups(nss_accounts, monkey
     """SSSD/LDAP without enumerate: a group missing from getgrall() still matches."""
     p = nss_accounts
     hidden = {f"{p}g2", f"{p}g3"}
-    real_getgrall = nss.groups
-    monkeypatch.setattr(policy.nss, "groups", lambda: [g for g in real_getgrall() if g[0] not in hidden])
+    real_getgrall = nss.groups_by_gid
+    monkeypatch.setattr(policy.nss, "groups_by_gid",
+                        lambda: {gid: names for gid, names in real_getgrall().items() if not hidden & set(names)})
     body = f"@{p}g3 vrf-g3 services=sshd\n@{p}g2 vrf-g2\n* -\n"
     many = policy.parse(_decoy_rules(p, policy.GroupNames.ENUMERATE_ABOVE + 1) + body)
     assert names(policy.decide(many, p + "a", "sshd"))[:2] == (f"@{p}g3", "vrf-g3")

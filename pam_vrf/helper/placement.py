@@ -64,25 +64,31 @@ class Placement:
             return verdict("alone", rule=rule.where if rule else None)
 
         uid = _uid_of(user)
-        kept, by = self._confined_self_session(proc, uid, ruser)
+        try:
+            current = cgroup.cgroup_of(proc.pid)      # read once for what follows
+        except cgroup.CgroupError:
+            current = None                          # each step below reads again and says why
+        kept, by = self._confined_self_session(proc, uid, ruser, current)
         if kept is not None:
             self.log.notice(f"{who}: pid {proc.pid}, a session {by} for its own account, keeps its "
                             f"placement ({kept}); rule {rule.where} not applied")
             return verdict("kept", vrf=cgroup.vrf_of(kept) or None, rule=rule.where, cgroup=kept)
 
-        problem = self._manager_mismatch(proc, uid, rules, account, rule) if rule.strict and rule.places else None
+        problem = self._manager_mismatch(proc, uid, rules, account, rule, current) \
+            if rule.strict and rule.places else None
         if problem:
             self.log.err(f"refusing session of {who}: {problem} (strict rule {rule.where})")
             return verdict("refused", error=problem, rule=rule.where)
         try:
             where = self.move(proc, rule.target, rule.program, account=uid, reattach=True,
-                              source=rule.where)
+                              source=rule.where, current=current)
         except PlacementError as e:
             return self._unplaceable(who, rule, e)
         placed = f"{who} placed in VRF {rule.target} (rule {rule.where}), cgroup {where}, pid {proc.pid}"
         try:
             # Also at login: a manager that started before the policy changed.
-            manager = self._bind_manager(proc, uid, self._manager_rule(rules, account)) if rule.places else None
+            manager = self._bind_manager(proc, uid, self._manager_rule(rules, account), current=where) \
+                if rule.places else None
         except (PlacementError, policy.Undecidable) as e:
             if rule.strict:
                 self.log.err(f"refusing session of {who}: {e} (strict rule {rule.where}); it was "
@@ -93,7 +99,7 @@ class Placement:
         self.log.info(placed + (f"; systemd user manager {manager} bound too" if manager else ""))
         return verdict("placed", vrf=rule.target, rule=rule.where, cgroup=where)
 
-    def _confined_self_session(self, proc, uid, ruser=None):
+    def _confined_self_session(self, proc, uid, ruser=None, current=None):
         """A non-root invoker opening a session for their own account (su to
         oneself, sudo -u self) must not loosen where they already are: the
         cgroup they are in, when a sock-create program already covers it.
@@ -109,7 +115,7 @@ class Placement:
             return None, None
         by = f"of uid {uid}"
         try:
-            current = cgroup.cgroup_of(proc.pid)
+            current = current or cgroup.cgroup_of(proc.pid)
             if cgroup.vrf_of(current) or cgroup_link.effective(cgroup.fs_path(current)):
                 return current, by
         except (cgroup.CgroupError, BpfError) as e:
@@ -157,12 +163,12 @@ class Placement:
                       f"(rule {rule.where}) before it starts, pid {proc.pid}")
         return verdict("placed", vrf=rule.target, rule=rule.where, cgroup=manager)
 
-    def _manager_mismatch(self, proc, uid, rules, account, rule):
+    def _manager_mismatch(self, proc, uid, rules, account, rule, current=None):
         """Why a strict rule cannot hold for what this session starts through the
         user's systemd manager (`systemd-run --user`), or None: the manager
         carries the user's first placing rule, and it is another one."""
         try:
-            manager = cgroup.user_manager_of(cgroup.cgroup_of(proc.pid), uid) if uid is not None else None
+            manager = cgroup.user_manager_of(current or cgroup.cgroup_of(proc.pid), uid) if uid is not None else None
             if manager is None or not os.path.isdir(self._directory(manager)):
                 return None             # no logind, no manager: nothing to leave through
             carried = self._manager_rule(rules, account)
@@ -197,15 +203,16 @@ class Placement:
         rule = policy.decide(self._reach, account, policy.ANY_SERVICE)
         return rule if rule is not None and rule.places else None
 
-    def _bind_manager(self, proc, uid, rule, starting=False):
+    def _bind_manager(self, proc, uid, rule, starting=False, current=None):
         """Bind what the user's systemd manager starts (systemd-run --user,
         socket units) with `rule`: it runs outside the session's scope. None
         where there is none (no logind, no placing rule). starting: the caller
-        is the manager-to-be itself, in user@UID.service (or its init.scope)."""
+        is the manager-to-be itself, in user@UID.service (or its init.scope).
+        current: its cgroup, when the caller knows it (it just moved it there)."""
         if uid is None or rule is None:
             return None
         try:
-            current = cgroup.cgroup_of(proc.pid)
+            current = current or cgroup.cgroup_of(proc.pid)
             manager = cgroup.user_manager_of(current, uid)
             # systemd >= 254 (Debian 13) runs the manager-to-be in the service's
             # DelegateSubgroup=init.scope; 252 (Debian 12) in the service itself;
@@ -263,7 +270,7 @@ class Placement:
 
     # -- the placement routine -------------------------------------------------
 
-    def move(self, proc, vrf, program, owner=None, account=None, reattach=False, source=None):
+    def move(self, proc, vrf, program, owner=None, account=None, reattach=False, source=None, current=None):
         """Put the pinned process `proc` into its cgroup for `vrf` (or 'default')
         under the rule's `program` (policy.Program); returns the cgroup (hierarchy path).
 
@@ -277,12 +284,14 @@ class Placement:
         (a login); `pam-vrf exec` into where one already is changes nothing,
         so it cannot swap a login rule's program for its own.
         source: the rule's FILE:LINE, recorded with the attachment (pam-vrf trace).
+        current: the process's cgroup, when the caller has just read it.
         """
         trusted = {0, os.geteuid()} | ({account} if account is not None else set())
         try:
-            where = cgroup.vrf_cgroup(vrf, proc.pid, netns=self.netns, trusted=trusted)
+            current = current or cgroup.cgroup_of(proc.pid)
+            where = cgroup.vrf_cgroup(vrf, proc.pid, netns=self.netns, trusted=trusted, current=current)
             path = self._directory(where)
-            here = cgroup.fs_path(cgroup.cgroup_of(proc.pid)) == path
+            here = cgroup.fs_path(current) == path
             if here and not reattach:
                 return where
             ifindex = None
@@ -298,7 +307,7 @@ class Placement:
                 # going unplaced (or replacing the rule of those already there).
                 where = cgroup.with_level(where, _rule_level(program))
                 path = self._directory(where)
-                here = cgroup.fs_path(cgroup.cgroup_of(proc.pid)) == path
+                here = cgroup.fs_path(current) == path
                 self._prepare(where, path, vrf, program, ifindex, owner, source, trusted)
             if not here:
                 process.check(proc)

@@ -1,0 +1,116 @@
+"""P1-C — the C entry's login against the kernel's own work, side by side.
+
+pamtester open_session+close_session through four PAM services, in shuffled
+interleaved rounds (each round runs each once, in a fresh random order;
+figures are medians of the per-round ratios), every login after `gap`
+seconds of quiet, from bench_login's launcher (in the lab's netns, in a
+sandbox cgroup: every placing login is one move):
+
+  C  pam_vrf.so placing through the helper (a veth `plain` target)
+  K  a C module that moves its own process into a fixed cgroup
+     (bench/pam_mover.c): the kernel's work of a placement, nothing else
+  P  a pam_permit.so-only stack
+  H  the pam_python entry placing through the same helper (beside them)
+
+Goal (issue 16 item 6): C/K <= 1.20. Also: the helper's CPU per placing
+open (schedstat). The policy names the login's user above two @group
+rules: the helper decides without asking NSS for the user's groups.
+
+    python3 bench/bench_login_c.py [--rounds N] [--gap S]     (root)
+"""
+
+import argparse
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import bench_common as common  # noqa: E402
+from bench_common import HOOK, Helper, add_user, bootstrap_ci, median, say, sh, shuffled_rounds  # noqa: E402
+from bench_login import Launcher  # noqa: E402
+
+VARIANTS = {
+    "C": "pam_vrf.so, placing",
+    "K": "C module moving itself into a fixed cgroup",
+    "P": "pam_permit.so-only stack",
+    "H": "pam_python entry, placing",
+}
+
+
+def build_mover(run):
+    out = os.path.join(run.dir, "pam_mover.so")
+    sh("gcc", "-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Werror", "-o", out,
+       os.path.join(HERE, "pam_mover.c"))
+    return out
+
+
+def bench(lab, rounds=60, gap=0.05, profile=False):
+    run = lab.run
+    user = add_user(run, "c")
+    tgt = lab.target
+    # The user's name rule comes before @group rules: the helper never asks for its groups.
+    config = lab.write("p1c-vrf.conf", "".join(f"{line}\n" for line in (
+        "# bench P1-C", "root  -", f"{user.pw_name}  {tgt}  plain", "@sudo  default", "@adm  -", "*  -")))
+    helper = Helper(lab, config, suffix="hc", profile=profile).start()
+    placing = "session [success=ok session_err=bad default=ignore] {} " + f"config={config} socket={helper.socket}"
+    services = {name: lab.pam_service("c" + name.lower(), session) for name, session in (
+        ("C", placing.format("pam_vrf.so")),
+        ("K", f"session required {build_mover(run)} {lab.cgroup('p1cfixed')}"),
+        ("P", None),
+        ("H", placing.format(f"pam_python.so {HOOK}")))}
+    launcher = Launcher(lab, lab.cgroup("p1c"))
+    say(f"P1-C: pamtester, {rounds} shuffled rounds of {' '.join(VARIANTS)} ({gap * 1000:.0f} ms before each)")
+    mark = helper.mark()
+    for name in list(VARIANTS) * 2:                 # warm-up
+        launcher.login(services[name], user.pw_name, gap)
+    samples = {name: [] for name in VARIANTS}
+    cpu0 = helper.schedstat()[0]
+    for order in shuffled_rounds(VARIANTS, rounds):
+        for name in order:
+            samples[name].append(launcher.login(services[name], user.pw_name, gap))
+    placing = 2 * rounds + 4
+    placed = helper.count(f"placed in VRF {tgt}", mark)
+    helper_ms = (helper.schedstat()[0] - cpu0) * 1e3 / (2 * rounds)
+    helper.stop()
+    if profile:
+        import pstats
+        pstats.Stats(helper.profile).sort_stats(os.environ.get("SORT", "cumtime")).print_stats(45)
+
+    def ratio(num, den):
+        per_round = [a / b for a, b in zip(samples[num], samples[den])]
+        return {"median": median(per_round), "ci": bootstrap_ci(per_round),
+                "diff_ms": median([a - b for a, b in zip(samples[num], samples[den])])}
+
+    return {"rounds": rounds, "gap": gap, "ms": {k: median(v) for k, v in samples.items()},
+            "C/K": ratio("C", "K"), "C/P": ratio("C", "P"), "K/P": ratio("K", "P"), "H/K": ratio("H", "K"),
+            "placed_lines": placed, "placing_runs": placing, "helper_cpu_ms_per_open": helper_ms}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=60)
+    ap.add_argument("--gap", type=float, default=0.05)
+    ap.add_argument("--profile", action="store_true", help="run the helper under cProfile; print its profile")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench: run as root")
+    ks = common.kernel_state()
+    common.install_signal_handlers()
+    run = common.Run()
+    try:
+        lab = common.Lab(run)
+        r = bench(lab, args.rounds, args.gap, args.profile)
+    finally:
+        run.close()
+    say(f"kernel state: {ks}")
+    for key in ("C/K", "C/P", "K/P", "H/K"):
+        v = r[key]
+        say(f"{key}: {v['median']:.3f}x (95% CI {v['ci'][0]:.3f}-{v['ci'][1]:.3f}), {v['diff_ms']:+.2f} ms")
+    say("medians: " + ", ".join(f"{k} {v:.2f} ms" for k, v in r["ms"].items()))
+    say(f"helper CPU per placing open: {r['helper_cpu_ms_per_open']:.3f} ms; "
+        f"placed lines {r['placed_lines']} of {r['placing_runs']} placing logins")
+
+
+if __name__ == "__main__":
+    main()
