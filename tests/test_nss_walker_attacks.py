@@ -23,7 +23,7 @@ import subprocess
 import pytest
 
 from nsslab import _DECIDE, nss_module
-from test_nss_directory import DIRECTORY_C, _free_gid
+from test_nss_directory import DIRECTORY_C, _free_gid, offline_service  # noqa: F401 (a fixture)
 from testlab import run as testlab
 from pam_vrf import policy
 
@@ -296,3 +296,79 @@ def test_a_big_directory_group_does_not_refuse_logins(big_group, who, decoys):
     expected = decoys + (1 if who == "member" else 2)
     assert decide(big_group["files"], text, user) == f"vrf.conf:{expected}"
 
+
+
+# The walker's reading of nsswitch.conf and its dlopen of each module are
+# remembered for the life of the process (the helper's: weeks). Both fail
+# under a transient shortage of file descriptors (EMFILE): the walker then
+# remembers "no configuration" (every database `files`) and "module not
+# installed" (the source skipped) until nsswitch.conf changes, or for ever.
+# glibc does not cache a failed read (nss_database.c: an error other than
+# ENOENT/EACCES/... fails the look-up) and fails the look-up instead.
+_SHORT_OF_FDS = """
+import json, os, resource, sys
+from pam_vrf import policy
+user, text = sys.argv[1:3]
+rules = policy.parse(text, "vrf.conf")
+
+def verdict():
+    try:
+        rule = policy.decide(rules, user, "sshd")
+        return rule.where if rule else None
+    except policy.Undecidable as e:
+        return "undecidable-strict" if e.strict else "undecidable"
+
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+held = []
+try:
+    while True:
+        held.append(os.open("/dev/null", os.O_RDONLY))
+except OSError:
+    pass
+during = verdict()          # the helper's first login after it started, or after nsswitch.conf changed
+for fd in held:
+    os.close(fd)
+print(json.dumps([during, verdict()]))
+"""
+
+
+def test_a_moment_without_file_descriptors_is_not_remembered(directory):
+    """LANDS. While no descriptor is free: `* default` (the directory, and
+    /etc/passwd, unread: the account is unknown) instead of undecidable-strict;
+    after they are free again, still `* default`: the walker keeps `files`
+    alone and 'files' as not installed."""
+    files = {"/etc/nsswitch.conf": _nsswitch(directory, "passwd: files\ngroup: files MOD\n")}
+    text = f"@{directory['group']}  vtnone  plain strict\n*  default\n"
+    assert decide(files, text, directory["user"]) == "vrf.conf:1"          # the premise
+    during, after = _run(files, ["/usr/bin/python3", "-I", "-c",
+                                 f"import sys; sys.path.insert(0, {testlab.REPO!r})\n" + _SHORT_OF_FDS,
+                                 directory["user"], text])
+    assert (during, after) == ("undecidable-strict", "vrf.conf:1")
+
+
+def test_a_nul_byte_in_nsswitch_conf_ends_the_line_as_for_glibc(directory):
+    """LANDS. glibc reads a line up to a NUL byte (getline, then C strings: a
+    file truncated or zero-filled by a crash). The walker passed 'MOD\\0' to
+    ctypes.CDLL: ValueError, not NssError. In the offline decider that is an
+    "internal error ... left unplaced": PROCEED under any strict rule."""
+    files = {"/etc/nsswitch.conf": _nsswitch(directory, "passwd: files\ngroup: files MOD\0\n")}
+    got = compare(files, directory["user"], directory["group"])     # raised ValueError: _run failed
+    assert got["walker"] == got["glibc"] == [sorted({directory["primary"], directory["gid"]}), directory["gid"]]
+
+
+def test_a_user_name_that_is_not_utf8_gets_the_strict_rule(offline_service, vrf_conf):
+    """LANDS (older than d7205e8: nss.user's name.encode()). pam_vrf.so sends a
+    name that is not UTF-8 to the offline decider whether the helper runs or
+    not ("cannot encode the request"); the decider's nss.user raised
+    UnicodeEncodeError, "internal error ... left unplaced": the session opened
+    under `* ... strict`. su and sshd open sessions only for accounts glibc
+    knows: such a name is a local account made with useradd --badname, or a
+    NIS/LDAP name in Latin-1 (glibc's getpwnam takes bytes)."""
+    config = vrf_conf("*  vtnone  plain strict\n")
+    service = offline_service(config)
+    results = {}
+    for name in (f"pvtascii{testlab.uid_tag()}".encode(), f"pvtlatin{testlab.uid_tag()}".encode() + b"\xe9"):
+        proc = subprocess.run([b"pamtester", b"-v", service.encode(), name, b"open_session"],
+                              env={"PATH": SYSTEM_PATH}, cwd="/", capture_output=True, timeout=60)
+        results[name] = (proc.returncode, b"successfully opened" in proc.stdout + proc.stderr)
+    assert list(results.values()) == [(1, False), (1, False)], results
