@@ -57,8 +57,7 @@
  * cannot tell a verdict from a crash (Python exits 1 on any uncaught error). */
 #define VERDICT_PROCEED "pam_vrf.offline: proceed\n"
 #define VERDICT_REFUSE  "pam_vrf.offline: refuse\n"
-/* Ours alone. */
-#define DECIDER_TIMEOUT 10      /* s: then the offline decider is killed */
+#define DECIDER_TIMEOUT 10      /* s: then the offline decider is killed (ours alone, as the next) */
 #define MAX_CONFIG      (1 << 20)   /* bytes scanned for "strict" */
 #define STR(x)  #x
 #define XSTR(x) STR(x)
@@ -643,21 +642,17 @@ static int ifname_ok(const char *s)
 static struct options parse_args(pam_handle_t *pamh, int argc, const char **argv)
 {
     struct options o = { NULL, DEFAULT_SOCKET, 0 };
-    const char *value, **path;
+    const char **path;
     char safe[256];
     int i;
 
     for (i = 0; i < argc; i++) {
-        if (!strcmp(argv[i], "debug")) { o.debug = 1; continue; }
-        if (!strncmp(argv[i], "config=", 7)) path = &o.config;
-        else if (!strncmp(argv[i], "socket=", 7)) path = &o.socket;
-        else {
-            pam_syslog(pamh, LOG_WARNING, "ignoring unknown module argument '%s'",
-                       printable(safe, sizeof(safe), argv[i]));
-            continue;
-        }
+        path = !strncmp(argv[i], "config=", 7) ? &o.config : !strncmp(argv[i], "socket=", 7) ? &o.socket : NULL;
+        if (!strcmp(argv[i], "debug")) o.debug = 1;
+        else if (!path) pam_syslog(pamh, LOG_WARNING, "ignoring unknown module argument '%s'",
+                                   printable(safe, sizeof(safe), argv[i]));
         /* a relative path would name a file in the caller's working directory (su: the user's) */
-        if (*(value = argv[i] + 7) == '/') *path = value;
+        else if (argv[i][7] == '/') *path = argv[i] + 7;
         else pam_syslog(pamh, LOG_ERR, "ignoring '%s': not an absolute path", printable(safe, sizeof(safe), argv[i]));
     }
     return o;
