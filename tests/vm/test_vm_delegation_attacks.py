@@ -6,8 +6,9 @@ systemd-run --user unit takes the write bits off its own cgroup and every
 one above it up to user@UID.service (all the invoker's: Delegate=yes), then
 runs the real su to a netops member: the helper sees nothing anyone but root
 could write, and the session must still be placed outside the tree
-(/user.slice/user-UID.slice/vrf/NAME), where the invoker, write bits back,
-cannot move it.
+(/user.slice/user-UID.slice/vrf/NAME; on logind 257 the su session's own
+scope in the target's slice), where the invoker, write bits back, cannot
+move it.
 
 The manager-to-be (root's process in user@UID.service, before its
 systemd-user PAM session) is the user's to move as soon as systemd starts the
@@ -20,6 +21,7 @@ import json
 import os
 import pwd
 import random
+import re
 import subprocess
 import sys
 
@@ -30,13 +32,13 @@ from vmlib import PY, VRF, q, run  # noqa: E402
 pytestmark = vmlib.vm_only
 
 from test_vm_manager import read, user_units  # noqa: E402
-from test_vm_delegation import HOLD, SU, read_json  # noqa: E402,F401
+from test_vm_delegation import HOLD, SU, read_json, su_placed_at  # noqa: E402,F401
 
 
 def test_su_from_a_tree_its_owner_made_read_only_cannot_be_moved_out():
     out = f"/tmp/pvdelro-{vmlib.tag()}.json"
     with vmlib.user() as invoker, vmlib.user("netops") as target, vmlib.password(target) as secret:
-        uid = pwd.getpwnam(invoker).pw_uid
+        uid, target_uid = pwd.getpwnam(invoker).pw_uid, pwd.getpwnam(target).pw_uid
         mount = vmlib.cgroup_mount()
         user_slice = f"{mount}/user.slice/user-{uid}.slice"
         manager = f"{user_slice}/user@{uid}.service"
@@ -73,7 +75,7 @@ def test_su_from_a_tree_its_owner_made_read_only_cannot_be_moved_out():
         f"{invoker} chmod'ed it back and moved the session into a cgroup of its own: {moved}; now at "
         f"{where}, its next socket {second['udp4']}")
     assert second["udp4"] == {"dev": VRF} and where == first["cgroup"], (where, second)
-    assert first["cgroup"] == f"/user.slice/user-{uid}.slice/vrf/{VRF}", first
+    assert re.fullmatch(su_placed_at(uid, target_uid), first["cgroup"]), first
 
 
 # -- the manager-to-be, moved down before its PAM session ------------------------------
@@ -88,10 +90,14 @@ import os, sys, time
 d, log = sys.argv[1], sys.argv[2]
 seen = set()
 while True:
-    try:
-        with open(d + "/cgroup.procs") as f:
-            pids = f.read().split()
-    except OSError:
+    pids = []
+    for where in (d, d + "/init.scope"):        # systemd >= 256 (DelegateSubgroup): init.scope
+        try:
+            with open(where + "/cgroup.procs") as f:
+                pids += f.read().split()
+        except OSError:
+            pass
+    if not pids:
         os.sched_yield()
         continue
     for pid in pids:
@@ -114,7 +120,15 @@ def test_the_manager_to_be_moved_below_user_at_uid_service_is_still_bound():
     user@UID.service, what a login or lingering does) while a process of the
     user's watches: it moves the manager-to-be below user@UID.service. The
     oneshot the manager starts in basic.target (it keeps its sockets) must be
-    bound in every attempt; the user wins the race in some."""
+    bound in every attempt; the user wins the race in some.
+
+    The uid must be one logind has forgotten: logind 257 (Debian 13) gives
+    the manager a session of its own (class manager), and with a record of a
+    deleted user left for a reused uid it files that session under the old
+    name, removes it at once and tries to stop the user's units (journal:
+    "New session 30 of user <old name>", "Transaction for
+    user-runtime-dir@UID.service/stop is destructive", "Removed session 30"):
+    the start job never finished."""
     port = random.randrange(40000, 50000)
     rule = f"@netops {VRF} services=sshd deny=inet6"
     with vmlib.user("netops") as name, vmlib.vrf_conf(rule):
@@ -125,6 +139,7 @@ def test_the_manager_to_be_moved_below_user_at_uid_service_is_still_bound():
         watcher = subprocess.Popen(["setpriv", "--reuid", str(entry.pw_uid), "--regid", str(entry.pw_gid),
                                     "--init-groups", PY, "-c", WATCH, manager, log])
         outcomes = []
+        vmlib.logind_forgot(entry.pw_uid)
         try:
             for attempt in range(6):
                 mark = vmlib.journal_mark()

@@ -113,10 +113,7 @@ def test_a_lingering_users_manager_is_bound_without_any_login():
     with vmlib.user("netops") as name, vmlib.vrf_conf(RULE) as where:
         uid = pwd.getpwnam(name).pw_uid
         report = user_units(name, port)
-        # logind keeps a user record per uid for a while, with the name it had: a
-        # reused uid would be checked for the old name's linger file and stopped.
-        vmlib.wait_until(f"logind to forget uid {uid}",
-                         lambda: run("loginctl", "show-user", str(uid), check=False).returncode != 0, timeout=90)
+        vmlib.logind_forgot(uid)
         mark = vmlib.journal_mark()
         run("loginctl", "enable-linger", name)
         try:

@@ -253,6 +253,18 @@ def sessions_of(user):
                                       check=False).stdout.strip().startswith("manager")]
 
 
+def logind_forgot(uid, timeout=90):
+    """Wait until logind has no record of uid. It keeps one per uid for a while,
+    with the name it had: a reused uid would be checked for the old name's linger
+    file, and its manager stopped as it starts."""
+    wait_until(f"logind to forget uid {uid}",
+               lambda: run("loginctl", "show-user", str(uid), check=False).returncode != 0, timeout=timeout)
+
+
+def systemd_version():
+    return int(run("systemctl", "--version").stdout.split()[1])
+
+
 # --- users, groups, vrf.conf ----------------------------------------------------------
 
 def tag():
