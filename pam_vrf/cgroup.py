@@ -185,7 +185,7 @@ def netns_name(pid="self"):
     return ""
 
 
-def vrf_cgroup(vrf, pid="self", netns=None, trusted=None, current=None):
+def vrf_cgroup(vrf, pid="self", netns=None, trusted=None, current=None, seen=None):
     """The cgroup (a path in the hierarchy, as /proc/PID/cgroup shows it) that
     places process `pid` into `vrf` by iproute2's rule.
 
@@ -194,10 +194,11 @@ def vrf_cgroup(vrf, pid="self", netns=None, trusted=None, current=None):
     `netns` overrides the name of the process's network namespace.
     `trusted` (uids): the VRF level goes no deeper than trusted_base() allows.
     `current`: the process's cgroup when the caller has just read it.
+    `seen`: see check_trusted().
     """
     base = base_of(current if current is not None else cgroup_of(pid))
     if trusted is not None:
-        base = trusted_base(base, trusted)
+        base = trusted_base(base, trusted, seen)
     if netns is None:
         netns = netns_name(pid)
     if netns:
@@ -252,24 +253,37 @@ def _level_dirs(cgroup):
             if (level.rstrip("/") + "/").startswith(root + "/")]
 
 
-def trusted_base(base, trusted):
+def _foreign(directory, trusted, seen):
+    """foreign_writer(), asked once per directory for one placement: `seen` is
+    a dict its caller keeps for that placement only (never across logins: an
+    owner or a mode can change at any time)."""
+    if seen is None:
+        return foreign_writer(directory, trusted)
+    if directory not in seen:
+        seen[directory] = foreign_writer(directory, trusted)
+    return seen[directory]
+
+
+def trusted_base(base, trusted, seen=None):
     """The deepest cgroup on the path from the root to `base` (hierarchy
     paths, '' = the root) that neither it nor any cgroup above it has a
     foreign_writer(): `base` itself when no one but `trusted` can write
     anything on the way (a logind session scope; one's own delegated tree)."""
     good = ""
     for level, directory in _level_dirs(base or "/"):
-        if foreign_writer(directory or "/", trusted):
+        if _foreign(directory or "/", trusted, seen):
             break
         good = "" if level == "/" else level
     return good
 
 
-def check_trusted(cgroup, trusted):
+def check_trusted(cgroup, trusted, seen=None):
     """Raise CgroupError unless only `trusted` uids can write the cgroup and
-    every cgroup above it (a level made in advance by someone else)."""
+    every cgroup above it (a level made in advance by someone else).
+    `seen`: the answers trusted_base() got for the levels above, moments
+    before in the same placement (a dict; None: ask for every level)."""
     for level, directory in _level_dirs(cgroup):
-        who = foreign_writer(directory or "/", trusted)
+        who = _foreign(directory or "/", trusted, seen)
         if who:
             raise CgroupError(f"refusing cgroup {cgroup}: {who} can write {level} "
                               "(and so move its processes out)")

@@ -287,9 +287,10 @@ class Placement:
         current: the process's cgroup, when the caller has just read it.
         """
         trusted = {0, os.geteuid()} | ({account} if account is not None else set())
+        seen = {}           # foreign_writer() per directory, for this placement only
         try:
             current = current or cgroup.cgroup_of(proc.pid)
-            where = cgroup.vrf_cgroup(vrf, proc.pid, netns=self.netns, trusted=trusted, current=current)
+            where = cgroup.vrf_cgroup(vrf, proc.pid, netns=self.netns, trusted=trusted, current=current, seen=seen)
             path = self._directory(where)
             here = cgroup.fs_path(current) == path
             if here and not reattach:
@@ -298,7 +299,7 @@ class Placement:
             if vrf != policy.DEFAULT_VRF:       # the device first: no cgroup for a refusal
                 ifindex = self._resolve(vrf, program.plain)
             try:
-                self._prepare(where, path, vrf, program, ifindex, owner, source, trusted)
+                self._prepare(where, path, vrf, program, ifindex, owner, source, trusted, seen)
             except Conflict:
                 if not reattach:
                     raise
@@ -308,7 +309,7 @@ class Placement:
                 where = cgroup.with_level(where, _rule_level(program))
                 path = self._directory(where)
                 here = cgroup.fs_path(current) == path
-                self._prepare(where, path, vrf, program, ifindex, owner, source, trusted)
+                self._prepare(where, path, vrf, program, ifindex, owner, source, trusted, seen)
             if not here:
                 process.check(proc)
                 cgroup.move(proc.pid, path)
@@ -317,7 +318,7 @@ class Placement:
             raise PlacementError(str(e)) from None
         return where
 
-    def _prepare(self, where, path, vrf, program, ifindex, owner, source, trusted):
+    def _prepare(self, where, path, vrf, program, ifindex, owner, source, trusted, seen=None):
         """The cgroup exists, only `trusted` uids can write it and what is above
         it, and it carries the rule's program (Conflict if it holds processes
         placed under another rule)."""
@@ -327,7 +328,7 @@ class Placement:
         if not os.path.isdir(path):
             cgroup.ensure(path)
         # Levels made in advance by another user (vrf/NAME, pam-vrf-rule-HASH).
-        cgroup.check_trusted(where, trusted)
+        cgroup.check_trusted(where, trusted, seen)
         if ifindex is not None:
             self.attachments.attach(path, vrf, program, ifindex, source)
 
