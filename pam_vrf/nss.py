@@ -9,12 +9,13 @@ sources nsswitch.conf lists themselves, calling each NSS module's
 functions (what glibc does inside), and raise NssError when a source that
 glibc would have asked answered UNAVAIL or TRYAGAIN (ERANGE aside).
 A source whose module is not installed is skipped, as glibc skips it.
+nsswitch.conf is read as glibc >= 2.33 reads it (nss/nss_database.c,
+nss/nss_action_parse.c); what glibc cannot use fails every look-up.
 """
 
 import ctypes
 import errno
 import os
-import re
 import threading
 import time
 from collections import namedtuple
@@ -23,7 +24,9 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.malloc.restype = ctypes.c_void_p
 _libc.malloc.argtypes = [ctypes.c_size_t]
 _libc.free.argtypes = [ctypes.c_void_p]
-_MAX_BUFFER = 1 << 20
+# Python's grp grows its buffer without a limit; a group beyond this
+# (millions of members) is an NssError "too large", not a source that is down.
+_MAX_BUFFER = 64 << 20
 NSSWITCH = "/etc/nsswitch.conf"
 
 # enum nss_status
@@ -31,11 +34,12 @@ _TRYAGAIN, _UNAVAIL, _NOTFOUND, _SUCCESS = -2, -1, 0, 1
 _STATUS = {"success": _SUCCESS, "notfound": _NOTFOUND, "unavail": _UNAVAIL, "tryagain": _TRYAGAIN}
 
 
-def _down(status, err):
+def _down(status, err, service):
     """Did the source fail? nss-systemd answers UNAVAIL with ESRCH (systemd's
     userdb for "no such record") when no userdb service knows the name, and
-    whenever systemd is not running: that is "not found", as for its getgrnam_r."""
-    return status == _TRYAGAIN or (status == _UNAVAIL and err != errno.ESRCH)
+    whenever systemd is not running: that is "not found", as for its getgrnam_r.
+    That module only: another's UNAVAIL is a failure whatever its errno."""
+    return status == _TRYAGAIN or (status == _UNAVAIL and not (err == errno.ESRCH and service == "systemd"))
 
 
 class NssError(Exception):
@@ -66,52 +70,127 @@ _modules = {}
 _enumerating = threading.Lock()
 
 
-def _parse(text):
-    """{database: [(service, {status: returns}), ...]} as glibc reads nsswitch.conf."""
+# glibc's databases (nss/databases.def): a line naming another is ignored.
+_DATABASES = frozenset(b"aliases ethers group group_compat gshadow hosts initgroups netgroup networks passwd "
+                       b"passwd_compat protocols publickey rpc services shadow shadow_compat".split())
+_BLANKS = b" \t\n\v\f\r"        # C's isspace()
+_STATUS_NAMES = {b"success": _SUCCESS, b"notfound": _NOTFOUND, b"unavail": _UNAVAIL, b"tryagain": _TRYAGAIN}
+_ACTIONS = {b"return": True, b"continue": False, b"merge": False}
+# glibc's sources for a database without a line (Debian's glibc: no libnsl, so `files`).
+_DEFAULT_SOURCES = {"group_compat": [("nis", {})]}
+# nsswitch.conf cannot be opened for these: glibc then uses its defaults; for
+# any other error (no descriptors, no memory) its look-ups fail.
+_NO_FILE = (errno.EACCES, errno.EISDIR, errno.ELOOP, errno.ENOENT, errno.ENOTDIR, errno.EPERM)
+
+
+def _skip(line, i, chars=_BLANKS):
+    while i < len(line) and line[i] in chars:
+        i += 1
+    return i
+
+
+def _until(line, i, stops):
+    while i < len(line) and line[i] not in stops:
+        i += 1
+    return i
+
+
+def _sources(line):
+    """nss_action_parse: [(service, {status: returns}), ...], None for a syntax error."""
+    chain, i = [], 0
+    while True:
+        i = _skip(line, i)
+        end = _until(line, i, _BLANKS + b"[")
+        if end == i:                    # the end, or '[' where a name was due: glibc stops
+            return chain
+        service, actions = os.fsdecode(line[i:end]), {}
+        i = _skip(line, end)
+        if line[i:i + 1] == b"[":
+            i = _skip(line, i + 1)
+            while True:
+                negate = line[i:i + 1] == b"!"
+                i += negate
+                end = _until(line, i, _BLANKS + b"=]")
+                status = _STATUS_NAMES.get(line[i:end].lower())
+                i = _skip(line, end)
+                if status is None or line[i:i + 1] != b"=":
+                    return None
+                i = _skip(line, i + 1)
+                end = _until(line, i, _BLANKS + b"=]")
+                returns = _ACTIONS.get(line[i:end].lower())
+                if returns is None:
+                    return None
+                for target in ([s for s in _STATUS.values() if s != status] if negate else [status]):
+                    actions[target] = returns
+                i = _skip(line, end)
+                if line[i:i + 1] == b"]":
+                    i += 1
+                    break
+        chain.append((service, actions))
+
+
+def _parse(data):
+    """{database: [(service, {status: returns}), ...]} as glibc >= 2.33 reads
+    nsswitch.conf (nss_database.c process_line): bytes, a line ends at NUL,
+    the name runs to a blank or ':' and any run of both follows, no comments
+    but that a name like '#...' is no database's. None when a line cannot be
+    parsed: glibc then rejects the file and every look-up fails."""
     lines = {}
-    for raw in text.split("\n"):
-        database, colon, rest = raw.split("#", 1)[0].partition(":")
-        if not colon or not database.strip():
+    pieces = data.split(b"\n")
+    for n, piece in enumerate(pieces):
+        # getline keeps the newline ("group\n" is an empty group line). glibc
+        # 2.36 drops a last line without one; it is read here (more sources, not fewer).
+        line = (piece + b"\n" if n < len(pieces) - 1 else piece).split(b"\0", 1)[0]
+        i = _skip(line, 0)
+        end = _until(line, i, _BLANKS + b":")
+        if end == i or end == len(line):
             continue
-        rest = re.sub(r"\s*=\s*", "=", rest.replace("[", " [ ").replace("]", " ] "))
-        chain, words = [], rest.split()
-        inside = False
-        for word in words:
-            if word == "[":
-                inside = True
-            elif word == "]":
-                inside = False
-            elif inside and chain:
-                status, _, action = word.lower().partition("=")
-                negate = status.startswith("!")
-                status = status.lstrip("!")
-                if status in _STATUS:
-                    returns = action == "return"
-                    targets = [s for s in _STATUS.values() if s != _STATUS[status]] if negate else [_STATUS[status]]
-                    for target in targets:
-                        chain[-1][1][target] = returns
-            elif not inside:
-                chain.append((word, {}))
-        lines[database.strip()] = chain
+        name = line[i:end]
+        if name in _DATABASES:
+            chain = _sources(line[_skip(line, end, _BLANKS + b":"):])
+            if chain is None:
+                return None
+            lines[name.decode()] = chain
     return lines
+
+
+def _read():
+    try:
+        with open(NSSWITCH, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        if e.errno in _NO_FILE:
+            return {}
+        raise NssError(f"cannot read {NSSWITCH}: {e.strerror}") from None
+    return _parse(data)
 
 
 def _chain(database):
     """The sources for `database`, None when nsswitch.conf has no such line.
-    Read again when the file changes (glibc does the same since 2.33)."""
+    Read again when the file changes (glibc does the same since 2.33).
+    NssError where glibc's look-ups fail: a line it cannot parse, or a read
+    that failed for want of descriptors or memory (not remembered)."""
     try:
         st = os.stat(NSSWITCH)
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    except OSError:
+    except OSError as e:
+        if e.errno not in _NO_FILE:
+            raise NssError(f"cannot read {NSSWITCH}: {e.strerror}") from None
         key = None
     if key != _chains["key"]:
-        try:
-            with open(NSSWITCH) as f:
-                _chains["lines"] = _parse(f.read())
-        except (OSError, UnicodeDecodeError):
-            _chains["lines"] = {}
-        _chains["key"] = key
+        lines = _read()
+        for service in [s for s, library in _modules.items() if library is None]:
+            del _modules[service]       # installed since? (as after apt install libnss-sss)
+        _chains.update(key=key, lines=lines)
+    if _chains["lines"] is None:
+        raise NssError(f"{NSSWITCH} has a line glibc cannot parse: every name-service look-up fails")
     return _chains["lines"].get(database)
+
+
+def _sources_of(database):
+    """_chain(database), or glibc's default sources when nsswitch.conf has no line for it."""
+    chain = _chain(database)
+    return _DEFAULT_SOURCES.get(database, [("files", {})]) if chain is None else chain
 
 
 def _returns(actions, status):
@@ -119,16 +198,23 @@ def _returns(actions, status):
 
 
 def _function(service, name):
-    """_nss_SERVICE_NAME from libnss_SERVICE.so.2, or None."""
-    if service not in _modules:
+    """_nss_SERVICE_NAME from libnss_SERVICE.so.2, or None when glibc has none
+    to call (no such module installed, or no such function in it). NssError
+    when dlopen failed otherwise (no descriptors or memory, a broken module):
+    not remembered."""
+    library = _modules.get(service, False)
+    if library is False:
         try:
-            _modules[service] = ctypes.CDLL(f"libnss_{service}.so.2", use_errno=True)
-        except OSError:
-            _modules[service] = None
-    library = _modules[service]
+            library = ctypes.CDLL(f"libnss_{service}.so.2", use_errno=True)
+        except OSError as e:
+            # dlerror() says strerror(ENOENT), in the locale's language
+            if not any(text in str(e) for text in ("No such file or directory", os.strerror(errno.ENOENT))):
+                raise NssError(f"cannot load the name service module of source '{service}': {e}") from None
+            library = None
+        _modules[service] = library
     try:
         return getattr(library, f"_nss_{service}_{name}") if library is not None else None
-    except AttributeError:
+    except (AttributeError, ValueError):    # ValueError: a name ctypes cannot encode
         return None
 
 
@@ -137,13 +223,15 @@ def _failure(what, service, err):
     return NssError(f"cannot look up {what}: {reason} (source '{service}')")
 
 
-def _call(fn, args, struct):
+def _call(fn, args, struct, what):
     """fn(*args, &struct, buf, len, &errno), growing the buffer on ERANGE: (status, errno, struct, buf)."""
     size = 1024
     while True:
         entry, buf, err = struct(), ctypes.create_string_buffer(size), ctypes.c_int(0)
         status = fn(*args, ctypes.byref(entry), buf, ctypes.c_size_t(size), ctypes.byref(err))
-        if status == _TRYAGAIN and err.value == errno.ERANGE and size < _MAX_BUFFER:
+        if status == _TRYAGAIN and err.value == errno.ERANGE:
+            if size >= _MAX_BUFFER:
+                raise NssError(f"cannot look up {what}: an entry larger than {_MAX_BUFFER >> 20} MiB (too large)")
             size *= 4
             continue
         return status, err.value, entry, buf
@@ -152,16 +240,18 @@ def _call(fn, args, struct):
 def _lookup(database, function, key, struct, convert, what):
     """getXXbyYY_r through each source: convert(entry) or None for no such entry."""
     failed = None
-    for service, actions in _chain(database) or [("files", {})]:
+    for service, actions in _sources_of(database):
         fn = _function(service, function)
-        if fn is None:
+        if fn is None:          # glibc: UNAVAIL for the actions, not a failure
+            if _returns(actions, _UNAVAIL):
+                break
             continue
-        status, err, entry, buf = _call(fn, (key,), struct)
+        status, err, entry, buf = _call(fn, (key,), struct, what)
         if status == _SUCCESS:
             if failed:          # an earlier source might have answered otherwise
                 raise failed
             return convert(entry)
-        if _down(status, err):
+        if _down(status, err, service):
             failed = failed or _failure(what, service, err)
         if _returns(actions, status):
             break
@@ -174,9 +264,18 @@ def _lookup(database, function, key, struct, convert, what):
 
 def user(name):
     """User(name, uid, gid) for a user name, None if there is none."""
-    if not name or "\0" in name:
+    key = _key(name)
+    return None if key is None else _lookup("passwd", "getpwnam_r", key, _Passwd, _user, f"user {name!r}")
+
+
+def _key(name):
+    """The bytes glibc gets for a name (a name not UTF-8 came in as surrogate
+    escapes: os.fsencode gives its bytes back), None for one no entry can have."""
+    try:
+        key = os.fsencode(name)
+    except UnicodeEncodeError:
         return None
-    return _lookup("passwd", "getpwnam_r", name.encode(), _Passwd, _user, f"user {name!r}")
+    return key if key and b"\0" not in key else None
 
 
 def user_by_uid(uid):
@@ -184,13 +283,13 @@ def user_by_uid(uid):
 
 
 def _user(entry):
-    return User(entry.pw_name.decode(errors="replace"), entry.pw_uid, entry.pw_gid)
+    return User(os.fsdecode(entry.pw_name), entry.pw_uid, entry.pw_gid)
 
 
 def _members(entry):
     members, i = [], 0
     while entry.gr_mem and entry.gr_mem[i]:
-        members.append(entry.gr_mem[i].decode(errors="replace"))
+        members.append(os.fsdecode(entry.gr_mem[i]))     # as User.name: the same bytes, the same str
         i += 1
     return members
 
@@ -201,9 +300,8 @@ def _group(entry):
 
 def group(name):
     """Group(name, gid, members) for a group name, None if there is none."""
-    if not name or "\0" in name:
-        return None
-    return _lookup("group", "getgrnam_r", name.encode(), _Group, _group, f"group {name!r}")
+    key = _key(name)
+    return None if key is None else _lookup("group", "getgrnam_r", key, _Group, _group, f"group {name!r}")
 
 
 def group_by_gid(gid):
@@ -220,12 +318,12 @@ def _entries(service, what):
         try:
             if setent is not None:
                 status = setent(0)
-                if _down(status, ctypes.get_errno()):
+                if _down(status, ctypes.get_errno(), service):
                     raise _failure(what, service, ctypes.get_errno())
             while True:
-                status, err, entry, buf = _call(getent, (), _Group)
+                status, err, entry, buf = _call(getent, (), _Group, what)
                 if status != _SUCCESS:
-                    if _down(status, err):
+                    if _down(status, err, service):
                         raise _failure(what, service, err)
                     return found
                 found.append((entry.gr_name, entry.gr_gid, _members(entry)))
@@ -273,7 +371,7 @@ def groups_by_gid():
     learns there whether that source is down. The files source's part is kept
     while /etc/group is unchanged (and was not changed in the last _RACY s)."""
     found = None
-    for service, _ in _chain("group") or [("files", {})]:
+    for service, _ in _sources_of("group"):
         if service == "files":
             key, changed = _signature(GROUP_FILE)
             if key is None or key != _files_groups["key"]:
@@ -297,40 +395,60 @@ def groups():
     return [(name, gid) for gid, names in groups_by_gid().items() for name in names]
 
 
-def gids(account):
-    """The user's primary and supplementary gids (getgrouplist: the
-    `initgroups` sources, else the `group` ones); NssError when one fails."""
-    chain, by_initgroups = _chain("initgroups"), True
-    if chain is None:
-        chain, by_initgroups = _chain("group") or [("files", {})], False
-    what = f"the groups of user {account.name!r}"
-    name = account.name.encode()
-    found = {account.gid}
+def _source_gids(service, account, what):
+    """(status, gids) of one source as getgrouplist asks it: its initgroups_dyn,
+    else (glibc's compat_call) the groups it enumerates that list the user;
+    UNAVAIL when it has neither. NssError when it fails."""
+    fn = _function(service, "initgroups_dyn")
+    if fn is None:
+        if _function(service, "getgrent_r") is None:
+            return _UNAVAIL, ()
+        found = [gid for _, gid, members in _entries(service, what) if account.name in members]
+        return (_SUCCESS if found else _NOTFOUND), found
     size = 64
     buffer = ctypes.cast(_libc.malloc(size * 4), ctypes.POINTER(ctypes.c_uint))
     if not buffer:
         raise MemoryError
     try:
-        for service, actions in chain:
-            fn = _function(service, "initgroups_dyn")
-            if fn is not None:
-                start, length, err = ctypes.c_long(0), ctypes.c_long(size), ctypes.c_int(0)
-                status = fn(name, ctypes.c_uint(account.gid), ctypes.byref(start), ctypes.byref(length),
-                            ctypes.byref(buffer), ctypes.c_long(-1), ctypes.byref(err))
-                size = length.value
-                if _down(status, err.value):
-                    raise _failure(what, service, err.value)
-                found.update(buffer[:start.value])
-            else:       # glibc's compat_call: the source's groups that list the user
-                entries = _entries(service, what)
-                status = _NOTFOUND
-                for _, gid, members in entries:
-                    if account.name in members:
-                        found.add(gid)
-                        status = _SUCCESS
-            # glibc: without an `initgroups` line, a success goes on to the next source.
-            if (by_initgroups or status != _SUCCESS) and _returns(actions, status):
-                break
+        start, length, err = ctypes.c_long(0), ctypes.c_long(size), ctypes.c_int(0)
+        status = fn(os.fsencode(account.name), ctypes.c_uint(account.gid), ctypes.byref(start),
+                    ctypes.byref(length), ctypes.byref(buffer), ctypes.c_long(-1), ctypes.byref(err))
+        if _down(status, err.value, service):
+            raise _failure(what, service, err.value)
+        return status, buffer[:start.value]
     finally:
         _libc.free(ctypes.cast(buffer, ctypes.c_void_p))
+
+
+def _compat_source(account, what):
+    """nss_compat brings in the groups of the first `group_compat` source
+    (default nis) for a '+' line of /etc/group, and hides its failure (its
+    initgroups_dyn answers SUCCESS, its getgrent skips it): ask it here, and
+    raise NssError when it is down."""
+    try:
+        with open("/etc/group", "rb") as f:
+            plus = any(line.startswith(b"+") for line in f)
+    except OSError as e:
+        raise NssError(f"cannot look up {what}: cannot read /etc/group: {e.strerror}") from None
+    if plus:
+        for service, _ in _sources_of("group_compat")[:1]:      # compat asks the first only
+            _source_gids(service, account, what)
+
+
+def gids(account):
+    """The user's primary and supplementary gids (getgrouplist: the
+    `initgroups` sources, else the `group` ones); NssError when one fails."""
+    chain, by_initgroups = _chain("initgroups"), True
+    if chain is None:
+        chain, by_initgroups = _sources_of("group"), False
+    what = f"the groups of user {account.name!r}"
+    found = {account.gid}
+    for service, actions in chain:
+        status, more = _source_gids(service, account, what)
+        found.update(more)
+        if service == "compat":
+            _compat_source(account, what)
+        # glibc: without an `initgroups` line, a success goes on to the next source.
+        if (by_initgroups or status != _SUCCESS) and _returns(actions, status):
+            break
     return frozenset(found)

@@ -44,9 +44,22 @@ def decide(user, service, config, reason, log):
         kind, line = policy.unplaceable(who, found, reason, service)
         (log.debug if kind == "alone" else log.err)(line)
         return protocol.proceeds(kind)
-    except Exception as e:          # a bug must not take the login down
-        log.err(f"internal error deciding for {who}: {type(e).__name__}: {e}; left unplaced")
-        return PROCEED
+    except Exception as e:          # a bug must not take the login down, nor let it escape a strict rule
+        strict = _strict_may_apply(config, service)
+        log.err(f"internal error deciding for {who}: {type(e).__name__}: {e}; "
+                + ("refusing session (a strict rule may apply)" if strict else "left unplaced"))
+        return REFUSE if strict else PROCEED
+
+
+def _strict_may_apply(config, service):
+    """After an internal error: could a strict rule apply to this service?
+    Yes when the rules cannot be read again (as the C module's may_be_strict)."""
+    if service == policy.MANAGER_SERVICE:
+        return False                    # policy.unplaceable: left alone whatever the rules
+    try:
+        return any(r.strict for r in policy.load(config) if not r.services or service in r.services)
+    except Exception:
+        return True
 
 
 def main(argv=None):

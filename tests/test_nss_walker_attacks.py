@@ -379,3 +379,73 @@ def test_a_user_name_that_is_not_utf8_gets_the_strict_rule(offline_service, vrf_
                               env={"PATH": SYSTEM_PATH}, cwd="/", capture_output=True, timeout=60)
         results[name] = (proc.returncode, b"successfully opened" in proc.stdout + proc.stderr)
     assert list(results.values()) == [(1, False), (1, False)], results
+
+
+# Found while fixing the above (not in the review's tests).
+
+def test_a_line_glibc_cannot_parse_fails_every_lookup(directory):
+    """LANDS. A bad action ([NOTFOUND=bogus], a '[' never closed): glibc >= 2.33
+    rejects the whole file and every look-up fails (getent group root: exit 2).
+    The walker dropped the action and asked `files MOD`: a directory down behind
+    such a line went unnoticed while the system itself could answer nothing."""
+    files = {"/etc/nsswitch.conf": _nsswitch(directory, "passwd: files\ngroup: files [NOTFOUND=bogus] MOD\n")}
+    script = ("import grp, json, sys\n"
+              f"sys.path.insert(0, {testlab.REPO!r})\n"
+              "from pam_vrf import nss\n"
+              "got = {}\n"
+              "try:\n    got['glibc'] = grp.getgrnam('root').gr_gid\nexcept KeyError:\n    got['glibc'] = None\n"
+              "try:\n    got['walker'] = nss.group('root').gid\n"
+              "except nss.NssError as e:\n    got['walker'] = 'NssError: ' + str(e)\n"
+              "print(json.dumps(got))\n")
+    got = _run(files, ["/usr/bin/python3", "-I", "-c", script])
+    assert got["glibc"] is None and got["walker"].startswith("NssError: "), got
+    text = f"@{directory['group']}  vtnone  plain strict\n*  default\n"
+    assert decide(files, text, directory["user"]).startswith("undecidable-strict: ")
+
+
+def test_esrch_is_not_found_for_nss_systemd_only(directory, throwaway_user):
+    """LANDS. UNAVAIL with ESRCH is nss-systemd's "no such record"; from any other
+    module (an LDAP client's errno) the walker took it for "not found" too: a
+    strict @dirgroup rule skipped while that directory is down."""
+    user = throwaway_user()
+    where = testlab.public_dir("pam-vrf-walk-")
+    down = os.path.join(where, "down")
+    mod, group, _, source = _built(DIRECTORY_C.replace("EHOSTDOWN", "ESRCH"), user.pw_name, down)
+    try:
+        with nss_module(source, mod, "group") as nsswitch:
+            text = f"@{group}  vtnone  plain strict\n*  default\n"
+            files = {"/etc/nsswitch.conf": nsswitch}
+            assert decide(files, text, user.pw_name) == "vrf.conf:1"      # the premise: up
+            testlab.write_file(down, "")
+            assert decide(files, text, user.pw_name).startswith("undecidable-strict: ")
+    finally:
+        testlab.sh("rm", "-rf", where)
+
+
+class _Log:
+    def __init__(self):
+        self.lines = []
+
+    def err(self, line):
+        self.lines.append(line)
+
+    debug = err
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_an_internal_error_of_the_offline_decider_refuses_under_a_strict_rule(monkeypatch, vrf_conf, strict):
+    """LANDS (strict). A bug in deciding (any exception but the expected ones: the
+    two above were ValueError and UnicodeEncodeError) let the session proceed
+    unplaced under a strict rule. Now it refuses when a strict rule could apply to
+    the service, and proceeds otherwise. The bug is simulated: the real ones are fixed."""
+    from pam_vrf import offline, protocol
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(policy, "decide", broken)
+    config = vrf_conf("*  vtnone  plain" + (" strict" if strict else "") + "\n"
+                      "*  vtother  strict  services=pvtnosuchservice\n")
+    log = _Log()
+    verdict = offline.decide("root", "sshd", config, "helper not reachable", log)
+    assert verdict == (protocol.REFUSE if strict else protocol.PROCEED), log.lines
+    assert any("internal error" in line for line in log.lines), log.lines
