@@ -132,7 +132,10 @@ def test_control_fields_and_maintainer_scripts(deb):
         postinst = open(f"{control}/postinst").read()
         prerm = open(f"{control}/prerm").read()
         code = [line.strip() for line in postinst.splitlines() if not line.strip().startswith("#")]
-        assert "pam-auth-update --package" in code and not [line for line in code if "--enable" in line]
+        assert "pam-auth-update --package" in code
+        # The one --enable: the opt-in a remove kept (debian/pam-vrf.prerm), never a fresh install's.
+        assert [line for line in code if "--enable" in line] == ["pam-auth-update --package --enable pam-vrf"]
+        assert 'if [ "$1" = configure ] && [ -e /var/lib/pam-vrf/pam-auth-update-enabled ]; then' in code
         assert "pam-auth-update --package --remove pam-vrf" in prerm
         assert "systemd-sysusers" in postinst and "adduser" in postinst
         for unit in ("pam-vrf-helper.service", "pam-vrf-helper.socket", "pam-vrf-helper-root.socket"):
@@ -211,12 +214,14 @@ class View:
         """)
 
     def ns(self, script, check=True):
-        """A shell script in the namespaces, outside the chroot."""
-        return sh("nsenter", "-t", self.pid, "-m", "-p", "sh", "-c", script, check=check, timeout=300)
+        """A shell script in the namespaces, outside the chroot (-r: in the
+        holder's root, which is not the mount namespace's when this suite
+        itself runs in a chroot, as tools/bare-root does)."""
+        return sh("nsenter", "-t", self.pid, "-m", "-p", "-r", "sh", "-c", script, check=check, timeout=300)
 
     def run(self, script, check=True):
         """A shell script as root inside the view."""
-        return sh("nsenter", "-t", self.pid, "-m", "-p", "chroot", self.root,
+        return sh("nsenter", "-t", self.pid, "-m", "-p", "-r", "chroot", self.root,
                   "/usr/bin/env", "-i", *[f"{k}={v}" for k, v in ENV.items()], "/bin/sh", "-c", script,
                   check=check, timeout=300)
 
@@ -329,7 +334,15 @@ def test_upgrade_keeps_opt_in_edited_policy_survives_remove_user_without_sysuser
     assert v.run("tail -1 /etc/security/vrf.conf").stdout == "root  -\n"   # conffile: the admin's edit stays
     assert [p for p in package_files() if v.exists(p)] == ["/etc/security/vrf.conf"]
 
+    # Installed again after a remove: the opt-in comes back (tests/vm/test_vm_upgrade.py with logins).
+    apt(v, "install", f"/tmp/{DEB_NAME}")
+    assert "pam_vrf.so" in v.run("cat /etc/pam.d/common-session").stdout
+    assert not v.exists("/var/lib/pam-vrf")
+    apt(v, "remove", PKG)
+    assert v.exists("/var/lib/pam-vrf/pam-auth-update-enabled")
+
     apt(v, "purge", PKG)
+    assert not v.exists("/var/lib/pam-vrf")
     assert not v.exists("/etc/security/vrf.conf")
     # Debian keeps system users on purge (files may still carry the uid).
     assert v.run("getent passwd pam-vrf", check=False).returncode == 0
