@@ -1,5 +1,6 @@
 """The Vagrantfile is valid (Debian's vagrant, no provider needed), and, on
-request, `vagrant up` works for real end to end (vagrant/ci/vagrant-up).
+request, `vagrant up` works for real end to end (vagrant/ci/vagrant-up): a
+Debian 13 box by default (`make vagrant-up VAGRANT_SUITE=bookworm`: 12).
 
 The end-to-end test is the slowest host test: 3-4.5 minutes on a 2-core
 host with the box cached (measured 190-270 s; most of it `vagrant up` under
@@ -19,14 +20,25 @@ from testlab.run import REPO, sh
 pytestmark = pytest.mark.root
 
 
-def test_vagrantfile_validates():
-    proc = sh(os.path.join(REPO, "vagrant/ci/validate-vagrantfile"))
+@pytest.mark.parametrize("suite", [None, "bookworm"])
+def test_vagrantfile_validates(suite):
+    env = dict(os.environ, PAM_VRF_SUITE=suite) if suite else {k: v for k, v in os.environ.items()
+                                                               if k != "PAM_VRF_SUITE"}
+    proc = sh(os.path.join(REPO, "vagrant/ci/validate-vagrantfile"), env=env)
     assert "Vagrantfile validated successfully" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+def test_the_default_box_is_debian_13():
+    with open(os.path.join(REPO, "vagrant/Vagrantfile")) as f:
+        text = f.read()
+    assert 'SUITE = ENV.fetch("PAM_VRF_SUITE", "trixie")' in text and '"debian/#{SUITE}64"' in text
+    with open(os.path.join(REPO, "Makefile")) as f:
+        assert "VAGRANT_SUITE ?= trixie" in f.read()
 
 
 def test_vagrantfile_validates_with_local_box():
     """The local-box branch (PAM_VRF_BOX, isolated management network, console log) parses too."""
-    env = dict(os.environ, PAM_VRF_BOX="pam-vrf/bookworm-local", PAM_VRF_CONSOLE_LOG="/dev/null")
+    env = dict(os.environ, PAM_VRF_BOX="pam-vrf/trixie-local", PAM_VRF_CONSOLE_LOG="/dev/null")
     proc = sh(os.path.join(REPO, "vagrant/ci/validate-vagrantfile"), env=env)
     assert "Vagrantfile validated successfully" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
 
@@ -34,14 +46,15 @@ def test_vagrantfile_validates_with_local_box():
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("PAM_VRF_VAGRANT_UP") == "0", reason="PAM_VRF_VAGRANT_UP=0")
 def test_vagrant_up_end_to_end():
-    """vagrant up (vagrant-libvirt, qemu/TCG, local box, provision.sh), an op1
-    login lands in VRF mgmt (shell, sockets, traffic), op2 does not; then
-    everything is gone again: no namespace, no libvirtd, no work directory."""
+    """vagrant up (vagrant-libvirt, qemu/TCG, local Debian 13 box, provision.sh),
+    an op1 login lands in VRF mgmt (shell, sockets, traffic), op2 does not;
+    then everything is gone again: no namespace, no libvirtd, no work directory."""
     before_ns = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
     proc = subprocess.run([os.path.join(REPO, "vagrant/ci/vagrant-up"), "--timeout", "1500"],
                           capture_output=True, text=True, timeout=2400)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-8000:]
+    assert "  release=trixie" in out, out[-4000:]
     assert "  op1: identify=mgmt" in out, out[-4000:]
     assert "  op1: socket_bound=mgmt" in out, out[-4000:]
     assert "  op1: answered_by=mgmt-peer" in out, out[-4000:]
