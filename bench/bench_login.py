@@ -35,6 +35,7 @@ import textwrap
 
 from bench_common import (PY, HOOK, Helper, add_user, bootstrap_ci, join_cgroup, median, say, sh,
                           shuffled_rounds)
+from testlab import progs  # noqa: E402,I100  (bench_common puts the repository on sys.path)
 
 PAM_SO = "pam_vrf.so"
 
@@ -62,26 +63,7 @@ MOVER = textwrap.dedent("""\
 """)
 
 # argv: [file, OUT, hook args...]; appends "import_ns hook_ns verdict cgroup" per session.
-TIMED = textwrap.dedent("""\
-    # bench: the pam-vrf pam_python entry's work, timed from inside the PAM process
-    import os
-    import time
-
-    def pam_sm_open_session(pamh, flags, argv):
-        t0 = time.perf_counter_ns()
-        from pam_vrf import session
-        t1 = time.perf_counter_ns()
-        verdict = session.hook(pamh.user, pamh.service, argv[2:], {})
-        t2 = time.perf_counter_ns()
-        with open("/proc/self/cgroup") as f:
-            where = f.read().strip().split("::")[-1]
-        with open(argv[1], "a") as f:
-            f.write(f"{t1 - t0} {t2 - t1} {int(verdict == session.PROCEED)} {where}\\n")
-        return pamh.PAM_SUCCESS if verdict == session.PROCEED else pamh.PAM_SESSION_ERR
-
-    def pam_sm_close_session(pamh, flags, argv):
-        return pamh.PAM_SUCCESS
-""")
+TIMED = progs.source("bench_timed_login")
 
 # A long-lived launcher, started once with nsenter --net into the lab's netns
 # and once moved into the base cgroup: pamtester runs it starts inherit both,

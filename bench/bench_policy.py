@@ -37,10 +37,10 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 import time
 
 from bench_common import PY, Helper, PrivateNss, bootstrap_ci, join_cgroup, median, say
+from testlab import progs  # noqa: E402,I100  (bench_common puts the repository on sys.path)
 
 MEMBER_GROUPS = 1000
 OTHER_GROUPS = 200
@@ -48,29 +48,7 @@ RULES = 10_000
 
 # Root, Debian's python3: argv user service rounds seed then NAME ROOT_SOCK BASE_CGROUP triples.
 # Prints {"NAME": [[ms, verdict], ...]}.
-OPEN_CLIENT = textwrap.dedent("""\
-    import json, os, random, sys, time
-    from pam_vrf import client, protocol
-    user, service, rounds, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    rest = sys.argv[5:]
-    targets = [rest[i:i + 3] for i in range(0, len(rest), 3)]
-    rng = random.Random(seed)
-    out = {t[0]: [] for t in targets}
-    me = str(os.getpid())
-    for r in range(rounds + 2):
-        rng.shuffle(targets)
-        for name, sock, base in targets:
-            with open(base + "/cgroup.procs", "w") as f:     # out again, as a new login would be
-                f.write(me)
-            time.sleep(0.002)
-            t0 = time.perf_counter_ns()
-            answer = client.request({"op": "open", "user": user, "service": service}, sock,
-                                    protocol.LOGIN_TIMEOUT)
-            ms = (time.perf_counter_ns() - t0) / 1e6
-            if r >= 2:                                          # two warm-up rounds
-                out[name].append([ms, answer.get("verdict") or answer.get("error"), answer.get("rule")])
-    print(json.dumps(out))
-""")
+OPEN_CLIENT = progs.source("bench_open_client")
 
 
 def _write_rules(path, user, members, others, target, unknown=None):

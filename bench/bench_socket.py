@@ -21,38 +21,14 @@ ratio) and a small C program (gcc -O2): the purer number.
 
 import os
 import subprocess
-import textwrap
 
 from bench_common import PY, REPO, join_cgroup, median, paired_ratio, say, sh, shuffled_rounds
+from testlab import progs  # noqa: E402,I100  (bench_common puts the repository on sys.path)
 
 # Items a TCP socket must get past: 2 fail on family, 2 on type, 1 only on protocol.
 DENY5 = "inet6,raw,dgram,inet:seqpacket,inet:stream:sctp"
 
-PY_WORKER = textwrap.dedent("""\
-    import os, socket, sys, time
-    sock = socket.socket
-    for line in sys.stdin:
-        if line.startswith("cg "):
-            with open(line[3:].strip() + "/cgroup.procs", "w") as f:
-                f.write(str(os.getpid()))
-            print("ok", flush=True)
-            continue
-        if line.startswith("check"):
-            s = sock(socket.AF_INET, socket.SOCK_STREAM)
-            dev = s.getsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, 16).rstrip(b"\\0").decode() or "-"
-            s.close()
-            try:
-                sock(socket.AF_INET, socket.SOCK_DGRAM).close(); err = 0
-            except OSError as e:
-                err = e.errno
-            print(dev, err, flush=True)
-            continue
-        n = int(line)
-        t0 = time.perf_counter_ns()
-        for _ in range(n):
-            sock().close()
-        print(time.perf_counter_ns() - t0, flush=True)
-""")
+PY_WORKER = progs.source("bench_socket_worker")
 
 
 class Worker:

@@ -12,8 +12,10 @@ modules), the benchmarks (bench/), the demo (tools/demo.py) and the VM tests
   sshd        an sshd of the lab's own (Sshd)
   syslogsink  a syslog receiver bind-mounted over /dev/log (SyslogSink)
   hoststate   what a run may leave behind (HostState)
-  flooder, fdflood, egress, pidreuse
-              programs the attacks and benchmarks run (see each)
+  progs       the programs tests and benchmarks run in a child (the flood client,
+              the attack agent, answer servers, PAM drivers...), one module each
+  fdflood, egress, pidreuse
+              attack programs run by path or pieced together (see each)
 
 Plain standard library: no pytest, no pam_vrf import at module level (the VM
 tests and the demo use the installed package; the helper's ping imports

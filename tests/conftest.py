@@ -169,7 +169,7 @@ def pytest_ignore_collect(collection_path, config):
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if str(item.fspath).startswith(VM_TESTS + os.sep):
+        if str(item.path).startswith(VM_TESTS + os.sep):
             item.add_marker(pytest.mark.vm)
 
 

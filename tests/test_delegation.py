@@ -21,10 +21,10 @@ import errno
 import json
 import os
 import subprocess
-import textwrap
 
 import pytest
 
+from testlab import progs
 from testlab.net import add_veth
 from testlab.pam import write_pam_service
 from testlab.run import PY, REPO, enter, sh, spawn, stop_process, uid_tag, unlink_quietly
@@ -44,31 +44,7 @@ PAM_LINE = "session [success=ok session_err=bad default=ignore]"
 # (argv: invoker uid gid, PAM service, target user, target uid gid); then the
 # target account's ids, as su's child. Reports where it is and the bound
 # device of a new socket after the session opened and for every stdin line.
-SU = textwrap.dedent("""
-    import ctypes, json, os, socket, sys
-    uid, gid, service, user, tuid, tgid = sys.argv[1:7]
-    os.setgroups([int(gid)]); os.setresgid(int(gid), 0, 0); os.setresuid(int(uid), 0, 0)
-    if "--cgroupns" in sys.argv:
-        assert ctypes.CDLL(None, use_errno=True).unshare(0x02000000) == 0     # CLONE_NEWCGROUP
-    pam = ctypes.CDLL("libpam.so.0")
-    CONV = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
-    class Conv(ctypes.Structure):
-        _fields_ = [("conv", CONV), ("appdata", ctypes.c_void_p)]
-    conv = Conv(CONV(lambda *args: 19), None)
-    handle = ctypes.c_void_p()
-    assert pam.pam_start(service.encode(), user.encode(), ctypes.byref(conv), ctypes.byref(handle)) == 0
-    rc = pam.pam_open_session(handle, 0)
-    os.setresuid(0, 0, 0); os.setgroups([int(tgid)])
-    os.setresgid(int(tgid), int(tgid), int(tgid)); os.setresuid(int(tuid), int(tuid), int(tuid))
-    def report():
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        dev = s.getsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, 16).rstrip(b"\\0").decode()
-        s.close()
-        print(json.dumps({"rc": rc, "pid": os.getpid(), "dev": dev}), flush=True)
-    report()
-    for line in sys.stdin:
-        report()
-""")
+SU = progs.source("delegation_su")
 
 # As the invoker: move a process into a cgroup (argv: pid, directory).
 MOVE = ("import json, sys\n"

@@ -25,10 +25,10 @@ cgroup.max.descendants set by the invoker on its tree.
 import errno
 import os
 import subprocess
-import textwrap
 
 import pytest
 
+from testlab import progs
 from testlab.net import add_veth
 from testlab.run import PY, enter, uid_tag
 from helper_attacks import Agent
@@ -234,25 +234,7 @@ def test_a_process_parked_in_user_at_uid_service_keeps_the_managers_old_rule(man
 
 # As the invoker: move every process found in one of two cgroups into the
 # other, as fast as it can, until stdin closes (argv: the two directories).
-SHUFFLE = textwrap.dedent("""
-    import os, sys, threading
-    a, b = sys.argv[1:3]
-    done = threading.Event()
-    threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
-    moves = 0
-    while not done.is_set():
-        for src, dst in ((a, b), (b, a)):
-            with open(src + "/cgroup.procs") as f:
-                pids = f.read().split()
-            for pid in pids:
-                try:
-                    with open(dst + "/cgroup.procs", "w") as f:
-                        f.write(pid)
-                    moves += 1
-                except OSError:
-                    pass
-    print(moves)
-""")
+SHUFFLE = progs.source("shuffle_terminal")
 
 
 def test_the_invoker_moving_su_around_its_tree_while_it_is_placed(lab):

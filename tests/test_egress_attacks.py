@@ -31,6 +31,7 @@ import textwrap
 
 import pytest
 
+from testlab import progs
 from testlab.run import PY, public_dir, run_py, spawn
 from test_kernel_placement import lab  # noqa: F401  (the fixture)
 from test_egress import Sink, _text, egress_lab, place, attach_egress  # noqa: F401  (egress_lab: the fixture)
@@ -108,33 +109,7 @@ GROUPS = {
 }
 SSM_SOURCE = ("2001:db8:213:7708::1", "20010db8021377080000000000000001")
 
-JOIN = textwrap.dedent("""
-    import errno, json, socket, struct, sys, time
-    va, vb = int(sys.argv[1]), int(sys.argv[2])
-    groups = json.loads(sys.argv[3]); source = sys.argv[4]
-    MCAST_JOIN_SOURCE_GROUP = 46
-    def v6(a):      # struct sockaddr_in6 in a sockaddr_storage
-        return (struct.pack("=H", socket.AF_INET6) + struct.pack("!HI", 0, 0)
-                + socket.inet_pton(socket.AF_INET6, a) + struct.pack("=I", 0)).ljust(128, b"\\0")
-    out, keep = {}, []
-    def join(name, level, opt, value):
-        s = socket.socket(socket.AF_INET6 if level == socket.IPPROTO_IPV6 else socket.AF_INET, socket.SOCK_DGRAM)
-        keep.append(s)
-        try:
-            s.setsockopt(level, opt, value); out[name] = "joined"
-        except OSError as e:
-            out[name] = errno.errorcode[e.errno]
-    for name, ifindex in (("v4_va", va), ("v4_vb", vb)):
-        join(name, socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,        # struct ip_mreqn
-             socket.inet_aton(groups[name]) + bytes(4) + struct.pack("=i", ifindex))
-    for name, ifindex in (("v6_va", va), ("v6_vb", vb), ("v6_any", 0)):
-        join(name, socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP,
-             socket.inet_pton(socket.AF_INET6, groups[name]) + struct.pack("=I", ifindex))
-    join("ssm_va", socket.IPPROTO_IPV6, MCAST_JOIN_SOURCE_GROUP,      # struct group_source_req
-         struct.pack("=I", va) + bytes(4) + v6(groups["ssm_va"]) + v6(source))
-    print(json.dumps(out), flush=True)
-    time.sleep(2)           # the unsolicited reports go out; leaving sends more
-""")
+JOIN = progs.source("egress_join")
 
 
 def test_a_multicast_membership_sends_no_report_by_another_link(egress_lab, sniffers, helper_factory,  # noqa: F811
@@ -164,50 +139,9 @@ def test_a_multicast_membership_sends_no_report_by_another_link(egress_lab, snif
 
 # -- landed: an MPTCP listener ------------------------------------------------------------
 
-LISTEN = textwrap.dedent("""
-    import errno, json, socket, sys, time
-    port, window = int(sys.argv[1]), float(sys.argv[2])
-    try:
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)        # IPPROTO_MPTCP
-        proto = "mptcp"
-    except OSError as e:                # refused: fall back to TCP, as Go and mptcpize do
-        s, proto = socket.socket(socket.AF_INET, socket.SOCK_STREAM), "tcp:" + errno.errorcode[e.errno]
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port))
-    s.listen(0)         # a full queue at once: the kernel answers the next SYN with a cookie
-    s.settimeout(0.2)
-    print("ready", flush=True)
-    got, end = [], time.monotonic() + window
-    while time.monotonic() < end:
-        try:
-            c, _ = s.accept()
-        except socket.timeout:
-            continue
-        c.settimeout(1)
-        try:
-            got.append(c.recv(100).decode())
-        except OSError as e:
-            got.append("recv:" + str(e))
-    print(json.dumps({"proto": proto, "got": got}), flush=True)
-""")
+LISTEN = progs.source("egress_listen")
 
-CONNECT = textwrap.dedent("""
-    import json, socket, sys, threading, time
-    addr, port, who, n = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-    done = []
-    def one():
-        s = socket.socket(); s.settimeout(3)
-        try:
-            s.connect((addr, port)); s.send(who.encode()); done.append("connected")
-        except OSError as e:
-            done.append(type(e).__name__)
-    threads = [threading.Thread(target=one) for _ in range(n)]
-    for t in threads:
-        t.start(); time.sleep(0.3)
-    for t in threads:
-        t.join()
-    print(json.dumps(done), flush=True)
-""")
+CONNECT = progs.source("egress_connect")
 
 
 def test_an_mptcp_listener_takes_no_connection_by_another_link(egress_lab, helper_factory, vrf_conf,  # noqa: F811
@@ -266,74 +200,7 @@ def test_a_cgroup_remade_at_a_remembered_path_gets_the_egress_program(egress_lab
 
 # -- what holds ------------------------------------------------------------------------------
 
-VARIANTS = textwrap.dedent("""
-    import ctypes, errno, json, socket, struct, sys
-    other, token = int(sys.argv[1]), sys.argv[2]
-    A4, LL6, PORT = "10.213.0.2", "fe80::2", 7001
-    def pktinfo(i):
-        return [(socket.IPPROTO_IP, 8, struct.pack("=I4s4s", i, bytes(4), bytes(4)))]
-    def data(name):
-        return f"{token}:{name}".encode()
-    def udp():
-        return socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    def udp_gso(n):                     # UDP_SEGMENT: segmented after the hook
-        s = udp(); s.setsockopt(socket.IPPROTO_UDP, 103, 200)
-        s.sendmsg([(data(n) + b" ").ljust(1000, b"x")], pktinfo(other), 0, (A4, PORT))
-    def msg_zerocopy(n):
-        s = udp(); s.setsockopt(socket.SOL_SOCKET, 60, 1)          # SO_ZEROCOPY
-        s.sendmsg([data(n)], pktinfo(other), 0x4000000, (A4, PORT))
-    def msg_confirm(n):
-        udp().sendmsg([data(n)], pktinfo(other), socket.MSG_CONFIRM, (A4, PORT))
-    def udplite(n):
-        socket.socket(socket.AF_INET, socket.SOCK_DGRAM, 136).sendmsg([data(n)], pktinfo(other), 0, (A4, PORT))
-    def v4mapped_pktinfo(n):            # an AF_INET6 socket takes the IPv4 path and its cmsgs
-        s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-        s.sendmsg([data(n)], pktinfo(other), 0, ("::ffff:" + A4, PORT, 0, other))
-    def lsrr_options(n):                # IP_OPTIONS loose source route via A
-        s = udp()
-        s.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, bytes([131, 7, 4]) + socket.inet_aton(A4) + b"\\1")
-        s.sendmsg([data(n)], pktinfo(other), 0, (A4, PORT))
-    def ping_lsrr(n):
-        p = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
-        p.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, bytes([131, 7, 4]) + socket.inet_aton(A4) + b"\\1")
-        p.sendmsg([struct.pack("!BBHHH", 8, 0, 0, 0, 1) + data(n)], pktinfo(other), 0, (A4, 0))
-    def tfo_scope(n):                   # MSG_FASTOPEN to a link-local address of another link
-        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM); s.settimeout(2)
-        s.sendto(data(n), socket.MSG_FASTOPEN, (LL6, 7000, 0, other))
-    def sendmmsg_cmsgs(n):              # one batch: the first datagram by the target, the second by `other`
-        libc = ctypes.CDLL(None, use_errno=True)
-        class iovec(ctypes.Structure):
-            _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
-        class msghdr(ctypes.Structure):
-            _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32), ("iov", ctypes.POINTER(iovec)),
-                        ("iovlen", ctypes.c_size_t), ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
-                        ("flags", ctypes.c_int)]
-        class mmsghdr(ctypes.Structure):
-            _fields_ = [("hdr", msghdr), ("len", ctypes.c_uint)]
-        s, keep, msgs = udp(), [], (mmsghdr * 2)()
-        for i, ifindex in enumerate((0, other)):
-            name = ctypes.create_string_buffer(struct.pack("=H", socket.AF_INET) + struct.pack("!H", PORT)
-                                               + socket.inet_aton(A4) + bytes(8))
-            payload = data(f"{n}{i}")
-            buf = ctypes.create_string_buffer(payload)
-            iov = iovec(ctypes.cast(buf, ctypes.c_void_p), len(payload))
-            cmsg = ctypes.create_string_buffer(struct.pack("=QiiI4s4s", 28, socket.IPPROTO_IP, 8, ifindex,
-                                                           bytes(4), bytes(4)) + bytes(4))
-            keep += [name, buf, iov, cmsg]
-            msgs[i].hdr = msghdr(ctypes.cast(name, ctypes.c_void_p), 16, ctypes.pointer(iov), 1,
-                                 ctypes.cast(cmsg, ctypes.c_void_p), 32, 0)
-        sent = libc.sendmmsg(s.fileno(), msgs, 2, 0)
-        if sent != 2:
-            raise OSError(errno.EPERM if sent == 1 else ctypes.get_errno(), f"sendmmsg sent {sent}")
-    out = {}
-    for f in (udp_gso, msg_zerocopy, msg_confirm, udplite, v4mapped_pktinfo, lsrr_options, ping_lsrr,
-              tfo_scope, sendmmsg_cmsgs):
-        try:
-            f(f.__name__); out[f.__name__] = "sent"
-        except OSError as e:
-            out[f.__name__] = errno.errorcode.get(e.errno, str(e.errno))
-    print(json.dumps(out))
-""")
+VARIANTS = progs.source("egress_variants")
 
 
 def test_datagram_variants_leave_only_by_the_target(egress_lab, sandbox_cgroup, throwaway_user):  # noqa: F811
@@ -424,54 +291,7 @@ MPTCP_SOCKETS = textwrap.dedent("""
 """)
 
 
-NAMESPACES = textwrap.dedent("""
-    import ctypes, errno, json, os, socket, struct, subprocess, sys
-    libc = ctypes.CDLL(None, use_errno=True)
-    CLONE_NEWUSER, CLONE_NEWNET = 0x10000000, 0x40000000
-    other = int(sys.argv[1])
-    out = {}
-    def attempt(name, f):
-        try:
-            out[name] = f() or "ok"
-        except OSError as e:
-            out[name] = errno.errorcode.get(e.errno, str(e.errno))
-    # The host's links and BPF, as the user.
-    ip = subprocess.run(["ip", "link", "add", "pvtx0", "type", "veth", "peer", "name", "pvtx1"],
-                        capture_output=True, text=True)
-    out["ip_link_add"] = "EPERM" if "Operation not permitted" in ip.stderr else f"{ip.returncode} {ip.stderr}"
-    insns = struct.pack("=BBhi", 0xb7, 0, 0, 0) + struct.pack("=BBhi", 0x95, 0, 0, 0)    # r0 = 0; exit
-    buf = ctypes.create_string_buffer(insns); lic = ctypes.create_string_buffer(b"GPL")
-    attr = struct.pack("=IIQQ", 1, 2, ctypes.addressof(buf), ctypes.addressof(lic)).ljust(128, b"\\0")
-    fd = libc.syscall(321, 5, ctypes.create_string_buffer(attr), 128)     # BPF_PROG_LOAD socket filter
-    out["bpf_prog_load"] = "ok" if fd >= 0 else errno.errorcode[ctypes.get_errno()]
-    # A user namespace of one's own: capabilities there, none in the host's netns.
-    r, w = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    pid = os.fork()
-    if pid == 0:
-        res = {}
-        if libc.unshare(CLONE_NEWUSER) != 0:
-            os._exit(3)
-        for name, f in (("userns_bindtoifindex", lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                          .setsockopt(socket.SOL_SOCKET, 62, other)),
-                        ("userns_raw", lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)),
-                        ("userns_packet", lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0))):
-            try:
-                f(); res[name] = "ok"
-            except OSError as e:
-                res[name] = errno.errorcode[e.errno]
-        # ... and a netns of its own: a socket made there, handed back.
-        if libc.unshare(CLONE_NEWNET) != 0:
-            os._exit(4)
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        socket.send_fds(w, [json.dumps(res).encode()], [s.fileno()])
-        os._exit(0)
-    msg, fds, _, _ = socket.recv_fds(r, 4096, 1)
-    os.waitpid(pid, 0)
-    out.update(json.loads(msg))
-    passed = socket.socket(fileno=fds[0])
-    attempt("netns_socket_send", lambda: passed.sendto(b"x", ("10.213.0.2", 7001)) and None)
-    print(json.dumps(out))
-""")
+NAMESPACES = progs.source("egress_namespaces")
 
 
 def test_namespaces_and_bpf_give_the_user_no_way_out(egress_lab, sandbox_cgroup, throwaway_user):  # noqa: F811

@@ -20,6 +20,7 @@ import time
 
 import pytest
 
+from testlab import progs
 from testlab.run import PY, REPO, run_py, sh, spawn, uid_tag
 from pam_vrf import cgroup, policy, programs
 from pam_vrf.bpf import asm, cgroup_link, sockprog, syscall
@@ -27,74 +28,13 @@ from pam_vrf.bpf import asm, cgroup_link, sockprog, syscall
 pytestmark = pytest.mark.root
 
 
-SERVER = textwrap.dedent("""
-    import socket, sys, threading
-    name = sys.argv[1].encode()
-    def tcp(s):
-        while True:
-            c, _ = s.accept(); c.sendall(name); c.close()
-    def udp(s):
-        while True:
-            _, peer = s.recvfrom(100); s.sendto(name, peer)
-    for family, addr in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
-        for kind, serve in ((socket.SOCK_STREAM, tcp), (socket.SOCK_DGRAM, udp)):
-            s = socket.socket(family, kind)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            s.bind((addr, 7000))
-            if kind == socket.SOCK_STREAM:
-                s.listen(16)
-            threading.Thread(target=serve, args=(s,), daemon=True).start()
-    print("ready", flush=True)
-    threading.Event().wait()
-""")
+SERVER = progs.source("answer_server")
 
 # Prints, for each of tcp/udp over v4/v6: bound device and the peer's answer.
-CLIENT = textwrap.dedent("""
-    import json, socket
-    out = {}
-    for fam, addr in ((socket.AF_INET, "10.213.0.2"), (socket.AF_INET6, "fd00:213::2")):
-        for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-            key = ("tcp" if kind == socket.SOCK_STREAM else "udp") + ("4" if fam == socket.AF_INET else "6")
-            s = socket.socket(fam, kind); s.settimeout(3)
-            dev = s.getsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, 16).rstrip(b"\\0").decode()
-            try:
-                if kind == socket.SOCK_STREAM:
-                    s.connect((addr, 7000)); answer = s.recv(100).decode()
-                else:
-                    for _ in range(3):
-                        s.sendto(b"?", (addr, 7000))
-                        try:
-                            answer = s.recvfrom(100)[0].decode(); break
-                        except socket.timeout:
-                            answer = "timeout"
-            except OSError as e:
-                answer = "error: " + str(e)
-            out[key] = [dev, answer]
-    print(json.dumps(out))
-""")
+CLIENT = progs.source("answer_client")
 
 # socket() over a matrix; prints verdict (ok / errno name) with mark and priority.
-MATRIX = textwrap.dedent("""
-    import errno, json, socket
-    out = {}
-    for fam in ("AF_INET", "AF_INET6"):
-        for kind in ("SOCK_STREAM", "SOCK_DGRAM", "SOCK_RAW"):
-            for proto in (0, socket.IPPROTO_UDP, socket.IPPROTO_ICMP):
-                if kind == "SOCK_RAW" and proto == 0:
-                    continue
-                key = f"{fam}/{kind}/{proto}"
-                try:
-                    s = socket.socket(getattr(socket, fam), getattr(socket, kind), proto)
-                except OSError as e:
-                    out[key] = errno.errorcode[e.errno]
-                    continue
-                out[key] = ["ok", s.getsockopt(socket.SOL_SOCKET, socket.SO_MARK),
-                            s.getsockopt(socket.SOL_SOCKET, socket.SO_PRIORITY)]
-                s.close()
-    print(json.dumps(out))
-""")
+MATRIX = progs.source("socket_matrix")
 
 
 @pytest.fixture

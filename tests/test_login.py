@@ -19,13 +19,13 @@ import time
 
 import pytest
 
+from testlab import progs
 from testlab.cgroups import remove_cgroup_tree
 from testlab.net import add_veth
 from testlab.pam import HOOK, write_pam_service
 from testlab.run import PY, REPO, public_dir, sh, spawn, uid_tag, write_file
 from testlab.sshd import Sshd
 from testlab.users import add_group, remove_group
-from testlab import flooder as flood_client
 from pam_vrf import cgroup, programs
 from pam_vrf.bpf import cgroup_link
 
@@ -35,27 +35,7 @@ pytestmark = pytest.mark.root
 PAM_VRF = "/usr/local/bin/pam-vrf"
 PORT = 2222
 
-PROBE = textwrap.dedent("""
-    import json, os, socket, sys
-    def probe():
-        out = {"cgroup": open("/proc/self/cgroup").read().strip().split("::", 1)[-1]}
-        for name, fam, kind in (("tcp4", socket.AF_INET, socket.SOCK_STREAM),
-                                ("udp4", socket.AF_INET, socket.SOCK_DGRAM),
-                                ("tcp6", socket.AF_INET6, socket.SOCK_STREAM),
-                                ("udp6", socket.AF_INET6, socket.SOCK_DGRAM)):
-            try:
-                s = socket.socket(fam, kind)
-                out[name] = s.getsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, 16).rstrip(b"\\0").decode()
-                s.close()
-            except OSError as e:
-                out[name] = "errno:%d" % e.errno
-        print(json.dumps(out), flush=True)
-    probe()
-    # With --wait: probe again for every line read (an existing session, later).
-    if "--wait" in sys.argv:
-        for line in sys.stdin:
-            probe()
-""")
+PROBE = progs.source("login_probe")
 
 
 class Lab:
@@ -214,22 +194,7 @@ def test_services_rule_applies_to_sshd_only(lab):
     lab.syslog.wait_for([f"user {member.pw_name} (service {lab.service}) placed in VRF {lab.target}"], mark)
 
 
-PAM_DRIVER = textwrap.dedent("""
-    import json, socket, sys
-    library, user, service = sys.argv[1:4]
-    if library == "pamela":
-        import pamela
-        pamela.open_session(user, service)
-        code = 0
-    else:
-        import pam
-        p = pam.pam()
-        assert p.authenticate(user, "unused", service=service, call_end=False), p.reason
-        code = p.open_session()
-    s = socket.socket()
-    dev = s.getsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, 16).rstrip(b"\\0").decode()
-    print(json.dumps({"code": code, "cgroup": open("/proc/self/cgroup").read().strip(), "dev": dev}))
-""")
+PAM_DRIVER = progs.source("pam_driver")
 
 
 @pytest.mark.parametrize("library", ["pamela", "python-pam"])
@@ -312,8 +277,7 @@ def test_twenty_logins_are_all_placed_while_a_user_floods_the_helper(lab):
     decoys = "".join(f"pvtdecoy{i} {lab.target} plain\n" for i in range(10000))
     lab.set_policy(decoys + lab.policy())
     members = [lab.user(lab.group) for _ in range(20)]
-    script = os.path.join(lab.dir, "flood.py")          # a copy the flooding user can read
-    shutil.copy(flood_client.__file__, script)
+    script = write_file(os.path.join(lab.dir, "flood.py"), progs.source("flooder"))
     kinds = ["churn", "hold", "garbage", "place"] * 8
     floods = [spawn([PY, script, lab.helper.socket, kind, lab.target, "90"], netns=lab.ns, user=flooder,
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for kind in kinds]

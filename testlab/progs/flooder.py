@@ -1,6 +1,6 @@
 """The flood client (tests/test_login.py, bench/bench_flood.py), run as an
-unprivileged user: `python3 -m testlab.flooder SOCKET KIND VRF [SECONDS]`, or
-by path from a copy the user can read (testlab.flooder.__file__).
+unprivileged user from a copy it can read (progs.source("flooder")), or
+`python3 -m testlab.progs.flooder SOCKET KIND VRF [SECONDS]`.
 
 Prints "flooding", then loops until SIGTERM (or SECONDS have passed) and
 prints its counts as JSON. Kinds:
