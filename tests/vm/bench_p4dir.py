@@ -60,6 +60,11 @@ print(json.dumps(out))
 """
 
 
+def say(text):
+    """Progress on stdout (p4dir.log keeps it if the run is cut short)."""
+    print(f"[p4dir {time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
 def decide(repeat):
     proc = subprocess.run([vmlib.PY, "-I", "-c", DECIDE, CONF, USER, str(repeat)], capture_output=True,
                           text=True, timeout=600, cwd="/")
@@ -77,8 +82,8 @@ def check(samples, last_line):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--repeat", type=int, default=30)
-    ap.add_argument("--cold", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument("--cold", type=int, default=3)
     ap.add_argument("--out", default=".")
     args = ap.parse_args()
 
@@ -99,18 +104,21 @@ def main():
         t0 = time.monotonic()
         with vm_directory.slapd(users, groups):
             result["slapd_load_s"] = round(time.monotonic() - t0, 1)
+            say(f"slapd loaded in {result['slapd_load_s']} s")
             with vm_directory.backend("sssd", USER) as sssd:
                 decide(1)                                               # warm
                 result["sssd_warm_ms"] = check(decide(args.repeat), last_line)
+                say(f"SSSD warm: {result['sssd_warm_ms']}")
                 cold = []
                 for _ in range(args.cold):
                     sssd.restart(cold=True)
                     vmlib.wait_until("sssd online", lambda: vmlib.run("getent", "passwd", OTHER,
                                                                       check=False).returncode == 0, timeout=60)
                     cold += check(decide(1), last_line)
+                    say(f"SSSD cold: {cold}")
                 result["sssd_cold_ms"] = cold
             with vm_directory.backend("nslcd", USER):
-                result["nslcd_ms"] = check(decide(max(5, args.repeat // 3)), last_line)
+                result["nslcd_ms"] = check(decide(5), last_line)
     finally:
         os.unlink(CONF)
 
