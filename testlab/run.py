@@ -44,18 +44,18 @@ def wait_until(what, predicate, timeout=30, interval=0.05):
         time.sleep(interval)
 
 
-def skip_unless_user_namespaces():
-    """pytest.skip in a chroot (tools/bare-root): the kernel refuses
-    CLONE_NEWUSER to a chrooted process, so a test of what a user namespace
-    can do cannot run there. Anywhere else the test runs (and fails if the
-    namespace cannot be made). A chroot is a root that is no mount's root:
-    no mountinfo line mounts a filesystem's "/" at "/" (/proc/1/root may
-    not be readable)."""
-    import pytest
+def no_user_namespaces_here():
+    """Why this process cannot make a user namespace, or None: in a chroot
+    (tools/bare-root) the kernel refuses CLONE_NEWUSER, so a test of what a
+    user namespace can do skips there with this reason; anywhere else it
+    runs (and fails if the namespace cannot be made). A chroot is a root
+    that is no mount's root: no mountinfo line mounts a filesystem's "/" at
+    "/" (/proc/1/root may not be readable)."""
     with open("/proc/self/mountinfo") as f:
         roots = [line.split()[3:5] for line in f]
     if ["/", "/"] not in roots:
-        pytest.skip("in a chroot: the kernel refuses user namespaces to a chrooted process")
+        return "in a chroot: the kernel refuses user namespaces to a chrooted process"
+    return None
 
 
 def uid_tag(n=6):

@@ -32,7 +32,7 @@ import textwrap
 import pytest
 
 from testlab import progs
-from testlab.run import PY, public_dir, run_py, skip_unless_user_namespaces, spawn
+from testlab.run import PY, public_dir, run_py, no_user_namespaces_here, spawn
 from test_kernel_placement import lab  # noqa: F401  (the fixture)
 from test_egress import Sink, _text, egress_lab, place, attach_egress  # noqa: F401  (egress_lab: the fixture)
 from pam_vrf import programs
@@ -303,7 +303,8 @@ def test_namespaces_and_bpf_give_the_user_no_way_out(egress_lab, sandbox_cgroup,
     reaches nothing: the sock-create program bound it too, to the target's
     ifindex, which names no device there (ENODEV; a device the user makes
     there with that index still leads nowhere but that netns)."""
-    skip_unless_user_namespaces()
+    if no_user_namespaces_here():
+        pytest.skip(no_user_namespaces_here())
     placed = place(sandbox_cgroup, egress_lab)
     counter = attach_egress(placed, {egress_lab["vb_index"]})
     try:

@@ -39,7 +39,7 @@ import time
 import pytest
 
 from testlab.helper import Helper
-from testlab.run import PY, REPO, sh, skip_unless_user_namespaces, spawn, uid_tag
+from testlab.run import PY, REPO, sh, no_user_namespaces_here, spawn, uid_tag
 from helper_attacks import FLOOD, NSS_FAIL_C, STUCK_SOCKET, USERNS_CLAIM, Agent
 from nsslab import nss_module
 from pam_vrf import cgroup, client, programs, protocol
@@ -649,7 +649,8 @@ def test_user_namespace_root_reaches_only_its_own_processes(helper_factory, vrf_
     namespace in SCM_CREDENTIALS (CAP_SYS_ADMIN over it): the only processes it
     can name are its own. Another user's process, whose pidfd it holds, stays
     out of reach; a pid outside its namespace cannot be claimed at all."""
-    skip_unless_user_namespaces()
+    if no_user_namespaces_here():
+        pytest.skip(no_user_namespaces_here())
     ns, dev, _ = target
     user, other = throwaway_user(), throwaway_user()
     conf = vrf_conf(f"{user.pw_name}  {dev}  plain exec={dev}\n"
