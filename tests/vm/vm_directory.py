@@ -212,6 +212,9 @@ def backend(kind, probe_user, nss_options=""):
             run("systemctl", "stop", unit, check=False)
             clear_sssd_cache()
             stack.callback(clear_sssd_cache)
+            # `services = nss` makes Debian's socket-activated sssd-nss.socket
+            # (wanted by sssd.service) refuse to start: no failed unit left behind.
+            stack.callback(run, "systemctl", "reset-failed", "sssd-nss.socket", check=False)
             for uid, gid, mode in _sssd_conf_owners():
                 os.chown(conf_path, uid, gid)
                 os.chmod(conf_path, mode)
