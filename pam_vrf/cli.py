@@ -136,41 +136,45 @@ def _describe_settings(settings, foreign_netns):
 def _print_egress(path, foreign_netns):
     """The cgroup's egress programs: where packets may leave, what was dropped."""
     from pam_vrf import programs
-    from pam_vrf.bpf import cgroup_link, joinprog, syscall
-    try:
-        attached = cgroup_link.query(path, syscall.CGROUP_INET_EGRESS)
-    except BpfError as e:
-        print(f"  egress programs: {e}")
-        return 1
-    for item in attached:
-        try:
-            info, allowed, dropped = programs.read_back_egress(item.prog_id)
-        except BpfError as e:
-            print(f"  egress prog {item.prog_id}: {e}")
-            continue
+    from pam_vrf.bpf import joinprog, syscall
+
+    def egress(prog_id):
+        info, allowed, dropped = programs.read_back_egress(prog_id)
         if allowed is None:
-            print(f"  egress prog {item.prog_id} ({info.name or 'unnamed'}): not pam-vrf's")
-            continue
+            return f"({info.name or 'unnamed'}): not pam-vrf's"
         if foreign_netns:
             where = ", ".join(f"ifindex {i}" for i in sorted(allowed)) + f" in netns {foreign_netns}"
         else:
             where = ", ".join(f"{netdev.ifname(i) or '?'}" + ("" if netdev.ifname(i) else f" (ifindex {i}, gone)")
                               for i in sorted(allowed))
-        print(f"  egress prog {item.prog_id} (pam-vrf): out only by {where}; "
-              f"dropped {dropped} packet{'s' if dropped != 1 else ''} leaving by another link")
-    try:
-        joins = cgroup_link.query(path, syscall.CGROUP_SETSOCKOPT)
-    except BpfError as e:
-        print(f"  setsockopt programs: {e}")
-        return 1
-    for item in joins:
-        try:
-            name = programs.read_back_name(item.prog_id)
-        except BpfError as e:
-            print(f"  setsockopt prog {item.prog_id}: {e}")
-            continue
+        return (f"(pam-vrf): out only by {where}; "
+                f"dropped {dropped} packet{'s' if dropped != 1 else ''} leaving by another link")
+
+    def join(prog_id):
+        name = programs.read_back_name(prog_id)
         what = "multicast joins only on the devices above" if name == joinprog.PROG_NAME else "not pam-vrf's"
-        print(f"  setsockopt prog {item.prog_id} ({name or 'unnamed'}): {what}")
+        return f"({name or 'unnamed'}): {what}"
+
+    status = 0
+    for attach_type, kind, describe in ((syscall.CGROUP_INET_EGRESS, "egress", egress),
+                                        (syscall.CGROUP_SETSOCKOPT, "setsockopt", join)):
+        status |= _print_programs(path, attach_type, kind, describe)
+    return status
+
+
+def _print_programs(path, attach_type, kind, describe):
+    """One line per program of `attach_type` on the cgroup: `describe(prog_id)`."""
+    from pam_vrf.bpf import cgroup_link
+    try:
+        attached = cgroup_link.query(path, attach_type)
+    except BpfError as e:
+        print(f"  {kind} programs: {e}")
+        return 1
+    for item in attached:
+        try:
+            print(f"  {kind} prog {item.prog_id} {describe(item.prog_id)}")
+        except BpfError as e:
+            print(f"  {kind} prog {item.prog_id}: {e}")
     return 0
 
 

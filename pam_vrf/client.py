@@ -19,6 +19,20 @@ class HelperDown(HelperError):
     """Nothing is listening: no socket file, or no process behind it."""
 
 
+def connect_failure(e, path):
+    """Why connect() to the socket at `path` failed, in words (the client's
+    and the doctor's messages)."""
+    if isinstance(e, FileNotFoundError):
+        return f"no socket {path}"
+    if isinstance(e, ConnectionRefusedError):
+        return f"nothing listens on {path}"
+    if isinstance(e, PermissionError):
+        return f"permission denied connecting to {path}"
+    if isinstance(e, socket.timeout):
+        return f"{path}: connection timed out"
+    return f"cannot connect to {path}: {e.strerror}"
+
+
 def request(message, path=protocol.DEFAULT_SOCKET, timeout=protocol.TIMEOUT):
     """Send one request and return the helper's reply (ok or not).
 
@@ -39,10 +53,8 @@ def request(message, path=protocol.DEFAULT_SOCKET, timeout=protocol.TIMEOUT):
                     if time.monotonic() + 0.005 >= deadline:
                         raise socket.timeout from None
                     time.sleep(0.005)
-        except FileNotFoundError:
-            raise HelperDown(f"helper not running (no socket {path})") from None
-        except ConnectionRefusedError:
-            raise HelperDown(f"helper not running (nothing listens on {path})") from None
+        except (FileNotFoundError, ConnectionRefusedError) as e:
+            raise HelperDown(f"helper not running ({connect_failure(e, path)})") from None
         except socket.timeout:
             raise HelperError(f"helper did not answer within {timeout:g}s ({path})") from None
         except OSError as e:

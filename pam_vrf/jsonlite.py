@@ -78,12 +78,9 @@ def _object(text, at, depth):
         if text[at:at + 1] != ":":
             raise ValueError(f"expected ':' at {at}")
         out[key], at = _value(text, _skip(text, at + 1), depth + 1)
-        at = _skip(text, at)
-        if text[at:at + 1] == "}":
-            return out, at + 1
-        if text[at:at + 1] != ",":
-            raise ValueError(f"expected ',' or '}}' at {at}")
-        at = _skip(text, at + 1)
+        done, at = _after_item(text, at, "}")
+        if done:
+            return out, at
 
 
 def _array(text, at, depth):
@@ -94,12 +91,20 @@ def _array(text, at, depth):
     while True:
         value, at = _value(text, at, depth + 1)
         out.append(value)
-        at = _skip(text, at)
-        if text[at:at + 1] == "]":
-            return out, at + 1
-        if text[at:at + 1] != ",":
-            raise ValueError(f"expected ',' or ']' at {at}")
-        at = _skip(text, at + 1)
+        done, at = _after_item(text, at, "]")
+        if done:
+            return out, at
+
+
+def _after_item(text, at, close):
+    """After a member or element: (True, index past `close`) at the end,
+    else (False, index of the next one)."""
+    at = _skip(text, at)
+    if text[at:at + 1] == close:
+        return True, at + 1
+    if text[at:at + 1] != ",":
+        raise ValueError(f"expected ',' or '{close}' at {at}")
+    return False, _skip(text, at + 1)
 
 
 def _string(text, at):

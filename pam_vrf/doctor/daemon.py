@@ -11,7 +11,7 @@ import os
 import socket
 import struct
 
-from pam_vrf import protocol
+from pam_vrf import client, protocol
 from pam_vrf.doctor import Finding
 
 _UCRED = struct.Struct("3i")
@@ -49,16 +49,8 @@ def ping(path, timeout=protocol.TIMEOUT):
     try:
         try:
             sock.connect(path)
-        except FileNotFoundError:
-            raise Unreachable(f"no socket {path}") from None
-        except ConnectionRefusedError:
-            raise Unreachable(f"nothing listens on {path}") from None
-        except PermissionError:
-            raise Unreachable(f"permission denied connecting to {path}") from None
-        except socket.timeout:
-            raise Unreachable(f"{path}: connection timed out") from None
         except OSError as e:
-            raise Unreachable(f"cannot connect to {path}: {e.strerror}") from None
+            raise Unreachable(client.connect_failure(e, path)) from None
         cred = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
         pidfd = os.pidfd_open(os.getpid())
         try:
