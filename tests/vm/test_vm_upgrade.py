@@ -70,6 +70,7 @@ def pkgs():
         try:
             yield Packages(orig, *up.build_next(orig, d))
         finally:
+            run("dpkg", "--configure", "-a", check=False, timeout=1200)    # an apt-get cut short
             if up.installed_version() != up.deb_version(orig):
                 up.apt("install", "--allow-downgrades", orig)
             if not os.path.exists(vmlib.VRF_CONF) or open(vmlib.VRF_CONF).read() != conf:

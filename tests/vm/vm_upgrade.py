@@ -110,8 +110,11 @@ def _rehash(root, paths):
             f.write(f"{sums.get(path, digest)}  {path}\n")
 
 
-def apt(*args, timeout=600):
-    """apt-get as an operator runs it; returns (CompletedProcess, seconds)."""
+def apt(*args, timeout=1200):
+    """apt-get as an operator runs it; returns (CompletedProcess, seconds).
+    The timeout is the machine's, not the product's: with the host at load
+    30 (several TCG VMs on 2 cores) unpacking and byte-compiling the package
+    under a stream of logins took more than 600 s."""
     t0 = time.monotonic()
     proc = subprocess.run(["apt-get", "-y", "-q", "--no-install-recommends",
                            "-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold",
