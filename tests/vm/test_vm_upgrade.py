@@ -251,7 +251,7 @@ def test_purge_leaves_sessions_bound_but_forgotten(pkgs, sessions, lab_restored)
     up.apt("install", pkgs.orig)
     with open(vmlib.VRF_CONF) as f:
         sample = f.read()
-    assert "@netops" not in sample           # the package's sample: the box's rule went with the purge
+    assert "pam-vrf test box" not in sample  # the package's sample: the box's rule went with the purge
     vmlib.helper_up()
     start = up.helper_start_line(mark)
     assert start and "0 remembered attachments" in start, start

@@ -204,8 +204,7 @@ class Pinger:
         assert self.proc.stdout.readline().strip() == "ready"
 
     def stop(self):
-        self.proc.stdin.close()
-        out, _ = self.proc.communicate(timeout=90)
+        out, _ = self.proc.communicate(timeout=90)        # closes stdin: the pinger's end
         return json.loads(out)
 
 
