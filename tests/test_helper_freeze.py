@@ -255,6 +255,34 @@ def test_sigterm_during_logins_saves_every_placement(limited_helper, vrf_conf, s
         helper.start()
 
 
+def test_sigterm_answers_a_login_that_connected_before_it(limited_helper, vrf_conf, syslog, target,
+                                                         sandbox_cgroup, throwaway_user):
+    """A login that connected to root.sock before SIGTERM and sends its
+    request just after is still answered and placed by the stopping helper.
+    Before, the helper closed accepted connections unanswered: the PAM entry
+    read EOF and took the offline decider (unplaced), at every upgrade's
+    restart (found by the VM upgrade test's review)."""
+    ns, dev, _ = target
+    user = throwaway_user()
+    helper = limited_helper(vrf_conf(f"{user.pw_name}  {dev}  plain\n"), "20000:20000", netns=ns, syslog=syslog)
+    home = os.path.join(sandbox_cgroup, "late")
+    os.makedirs(home)
+    agent = Agent(netns=ns, cgroup_dir=home)
+    try:
+        conn = agent("connect", socket=root_sock(helper))["conn"]
+        time.sleep(0.3)                 # an idle helper accepts at once
+        helper.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)                 # the stop is taken before the request comes
+        result = agent("exchange", conn=conn, msg={"op": "open", "user": user.pw_name})
+        where = agent("state")["cgroup"]
+        assert helper.proc.wait(15) == 0, helper.output()[-3000:]
+    finally:
+        agent.close()
+    assert (result.get("reply") or {}).get("verdict") == "placed", result
+    assert where.endswith(f"/vrf/{dev}"), where
+    helper.start()
+
+
 # -- one state file path (issue 14, item 8) ----------------------------------------
 
 def test_one_default_state_file_for_helper_unit_and_trace(monkeypatch):

@@ -51,6 +51,7 @@ RATE_PER_UID = 20.0         # requests a second a non-root uid may make...
 BURST_PER_UID = 40          # ...after a burst of this many
 CLIENT_DEADLINE = protocol.TIMEOUT
 PRUNE_EVERY = 10.0          # seconds between looks for cgroups that logind removed
+STOP_GRACE = 2.0            # after SIGTERM: how long accepted connections may take to send
 
 _UCRED = struct.Struct("3i")
 SCM_MAX_FD = 253            # the most descriptors one message can carry (linux/scm.h)
@@ -348,6 +349,22 @@ class Server:
                     attachments.save()
             except Exception as e:          # the old helper died here at EMFILE: log, keep serving
                 self.log.err(f"internal error (state upkeep): {type(e).__name__}: {e}")
+        self._serve_accepted()
+
+    def _serve_accepted(self):
+        """After a stop: answer the connections already accepted, for up to
+        STOP_GRACE. A login that connected just before would otherwise read
+        EOF and take the offline decider (unplaced) during every upgrade;
+        connections not yet accepted stay queued in the sockets systemd
+        holds, for the next helper."""
+        for key in list(self.sel.get_map().values()):
+            if key.data[0] != "client":
+                self.sel.unregister(key.fileobj)
+        end = time.monotonic() + STOP_GRACE
+        while self.clients and time.monotonic() < end:
+            for key, _ in self.sel.select(max(0.0, end - time.monotonic())):
+                self._event(key)
+            self._expire()
 
     def _root_first(self):
         """Serve everything that is ready on root.sock, until nothing is."""
