@@ -17,6 +17,7 @@ own interfaces, users or PAM/sshd configuration.
 """
 
 import os
+import subprocess
 import re
 import shutil
 import sys
@@ -100,10 +101,16 @@ def installed():
     """`make install` on this host (pam_python imports only what is installed);
     `make uninstall` afterwards unless it was installed before the tests."""
     before = os.path.exists("/usr/lib/pam-vrf/pam_vrf.py")
+    user_before = subprocess.run(["getent", "passwd", "pam-vrf"], stdout=subprocess.DEVNULL).returncode == 0
     sh("make", "-C", REPO, "install")
     yield
     if not before:
         sh("make", "-C", REPO, "uninstall", check=False)
+    if not user_before:
+        # `make uninstall` keeps the helper's system user (files may carry its
+        # uid, as Debian keeps system users); a run that made it removes it.
+        sh("userdel", "pam-vrf", check=False)
+        sh("groupdel", "pam-vrf", check=False)
 
 
 @pytest.fixture(scope="session")
