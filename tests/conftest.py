@@ -17,9 +17,9 @@ own interfaces, users or PAM/sshd configuration.
 """
 
 import os
-import subprocess
 import re
 import shutil
+import subprocess
 import sys
 
 import pytest
