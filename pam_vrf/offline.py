@@ -57,7 +57,7 @@ def _strict_may_apply(config, service):
     if service == policy.MANAGER_SERVICE:
         return False                    # policy.unplaceable: left alone whatever the rules
     try:
-        return any(r.strict for r in policy.load(config) if not r.services or service in r.services)
+        return any(r.strict for r in policy.load(config) if policy.applies(r, service))
     except Exception:
         return True
 

@@ -471,7 +471,7 @@ class Rules(tuple):
         if found is None:
             first, first_group = {}, None
             for position, rule in enumerate(self):
-                if _applies(rule, service):
+                if applies(rule, service):
                     first.setdefault(rule.who, position)
                     if first_group is None and rule.who[0] == "@":
                         first_group = position
@@ -506,7 +506,7 @@ def decide(rules, who, service=None):
             return found
     groups, names = None, _names(who)
     for index, rule in enumerate(rules):
-        if not _applies(rule, service):
+        if not applies(rule, service):
             continue
         if rule.who == "*" or rule.who in names:
             return rule
@@ -528,7 +528,7 @@ def decide(rules, who, service=None):
 
 def _strict_after(rules, index, who, names, service):
     """Is rules[index] or a later rule that could apply to the account strict?"""
-    return any(r.strict for r in rules[index:] if _applies(r, service) and (
+    return any(r.strict for r in rules[index:] if applies(r, service) and (
         r.who == "*" or r.who in names or r.who.startswith("@") or _another_spelling(r.who, who)))
 
 
@@ -554,5 +554,6 @@ def _decide_indexed(rules, who, service):
     return rules[best] if best is not None else None
 
 
-def _applies(rule, service):
+def applies(rule, service):
+    """Does the rule's services= take this PAM service (ANY_SERVICE: every rule)?"""
     return not rule.services or service is ANY_SERVICE or service in rule.services
