@@ -17,9 +17,9 @@ own interfaces, users or PAM/sshd configuration.
 """
 
 import os
+import pwd
 import re
 import shutil
-import subprocess
 import sys
 
 import pytest
@@ -101,7 +101,7 @@ def installed():
     """`make install` on this host (pam_python imports only what is installed);
     `make uninstall` afterwards unless it was installed before the tests."""
     before = os.path.exists("/usr/lib/pam-vrf/pam_vrf.py")
-    user_before = subprocess.run(["getent", "passwd", "pam-vrf"], stdout=subprocess.DEVNULL).returncode == 0
+    user_before = _user_exists("pam-vrf")
     sh("make", "-C", REPO, "install")
     yield
     if not before:
@@ -109,8 +109,15 @@ def installed():
     if not user_before:
         # `make uninstall` keeps the helper's system user (files may carry its
         # uid, as Debian keeps system users); a run that made it removes it.
-        sh("userdel", "pam-vrf", check=False)
-        sh("groupdel", "pam-vrf", check=False)
+        remove_user("pam-vrf")
+
+
+def _user_exists(name):
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False
 
 
 @pytest.fixture(scope="session")

@@ -303,8 +303,8 @@ def test_namespaces_and_bpf_give_the_user_no_way_out(egress_lab, sandbox_cgroup,
     reaches nothing: the sock-create program bound it too, to the target's
     ifindex, which names no device there (ENODEV; a device the user makes
     there with that index still leads nowhere but that netns)."""
-    if no_user_namespaces_here():
-        pytest.skip(no_user_namespaces_here())
+    if (why := no_user_namespaces_here()):
+        pytest.skip(why)
     placed = place(sandbox_cgroup, egress_lab)
     counter = attach_egress(placed, {egress_lab["vb_index"]})
     try:

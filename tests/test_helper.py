@@ -649,8 +649,8 @@ def test_user_namespace_root_reaches_only_its_own_processes(helper_factory, vrf_
     namespace in SCM_CREDENTIALS (CAP_SYS_ADMIN over it): the only processes it
     can name are its own. Another user's process, whose pidfd it holds, stays
     out of reach; a pid outside its namespace cannot be claimed at all."""
-    if no_user_namespaces_here():
-        pytest.skip(no_user_namespaces_here())
+    if (why := no_user_namespaces_here()):
+        pytest.skip(why)
     ns, dev, _ = target
     user, other = throwaway_user(), throwaway_user()
     conf = vrf_conf(f"{user.pw_name}  {dev}  plain exec={dev}\n"

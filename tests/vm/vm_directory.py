@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 
 import vmlib
 from vmlib import run
@@ -243,12 +242,3 @@ def ids(user):
     proc = run("id", "-G", user, check=False)
     return {int(g) for g in proc.stdout.split()} if proc.returncode == 0 else set()
 
-
-def time_it(fn, repeat):
-    """Seconds per call of fn(), each call timed: a sorted list."""
-    out = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return sorted(out)
