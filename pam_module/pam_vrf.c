@@ -380,27 +380,29 @@ static ssize_t ask_helper(const char *socket_path, const char *request, char *re
         snprintf(why, why_size, "socket path too long: %s", socket_path);
         return *absent = 1, -1;         /* no helper can listen there */
     }
+    /* Never a request without a pidfd: the helper could not tell who asks.
+     * Opened first: the request then follows connect() at once, and the
+     * helper, woken by the connection, finds it already there. */
+    if ((pidfd = (int)syscall(SYS_pidfd_open, getpid(), 0)) < 0) {
+        snprintf(why, why_size, "cannot open a pidfd of this process: %s", strerror_r(errno, text, sizeof(text)));
+        return -1;
+    }
     if ((fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0)) < 0) {
         describe_error(why, why_size, errno, addr.sun_path);
+        close(pidfd);
         return -1;
     }
     do rc = arm_timeouts(fd, &deadline) < 0 ? (errno = ETIMEDOUT, -1)
             : connect(fd, (struct sockaddr *)&addr, sizeof(addr));
     while (rc < 0 && errno == EINTR);
     if (rc < 0) *absent = errno == ENOENT || errno == ECONNREFUSED;
-    /* Never a request without a pidfd: the helper could not tell who asks. */
-    if (rc == 0 && (pidfd = (int)syscall(SYS_pidfd_open, getpid(), 0)) < 0) {
-        snprintf(why, why_size, "cannot open a pidfd of this process: %s", strerror_r(errno, text, sizeof(text)));
-        close(fd);
-        return -1;
-    }
     if (rc == 0) {
         do n = arm_timeouts(fd, &deadline) < 0 ? (errno = ETIMEDOUT, -1) : send_request(fd, request, pidfd);
         while (n < 0 && errno == EINTR);
-        saved = errno;
-        close(pidfd);
-        errno = saved;
     }
+    saved = errno;
+    close(pidfd);
+    errno = saved;
     /* EPIPE: the helper may have answered (busy) and closed first; read why. */
     if (rc == 0 && (n >= 0 || errno == EPIPE || errno == ECONNRESET)) {
         do n = arm_timeouts(fd, &deadline) < 0 ? (errno = ETIMEDOUT, -1) : recv(fd, reply, size, 0);

@@ -12,6 +12,8 @@ import os
 import stat
 from collections import namedtuple
 
+from pam_vrf import process
+
 # Where iproute2 mounts a cgroup2 file system when the host has none.
 FALLBACK_MOUNT = "/var/run/cgroup2"
 NETNS_DIR = "/var/run/netns"
@@ -138,10 +140,9 @@ def cgroup_of(pid="self"):
     """The cgroup v2 path of a process, as /proc/PID/cgroup shows it ('0::/...')."""
     try:
         # cgroup names in a tree delegated to a user are its choice of bytes.
-        with open(f"/proc/{pid}/cgroup", errors="surrogateescape") as f:
-            for line in f:
-                if line.startswith("0::"):
-                    return line[3:].rstrip("\n")
+        for line in process.read_proc(f"/proc/{pid}/cgroup").split("\n"):
+            if line.startswith("0::"):
+                return line[3:]
     except FileNotFoundError:
         raise CgroupError(f"no process {pid}") from None
     except OSError as e:
@@ -224,7 +225,7 @@ def foreign_writer(directory, trusted):
     cgroup below it moves any process between them, whoever's it is.
     """
     for name in ("", *MOVE_FILES):
-        path = os.path.join(directory, name) if name else directory
+        path = f"{directory.rstrip('/')}/{name}" if name else directory
         try:
             st = os.lstat(path)
         except FileNotFoundError:

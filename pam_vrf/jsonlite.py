@@ -23,6 +23,8 @@ def dumps(obj):
     if isinstance(obj, int):
         return str(int(obj))
     if isinstance(obj, str):
+        if obj.isascii() and obj.isprintable() and '"' not in obj and "\\" not in obj:
+            return '"' + obj + '"'          # nothing to escape: names, paths, verdicts
         return '"' + "".join(_ESCAPES.get(c) or (f"\\u{ord(c):04x}" if ord(c) < 0x20 or 0xD800 <= ord(c) < 0xE000
                                                   else c) for c in obj) + '"'
     if isinstance(obj, (list, tuple)):
@@ -108,6 +110,11 @@ def _after_item(text, at, close):
 
 
 def _string(text, at):
+    end = text.find('"', at)
+    if end >= 0:
+        plain = text[at:end]            # no escapes, no control characters: the usual string
+        if "\\" not in plain and (plain.isprintable() or not any(c < " " for c in plain)):
+            return plain, end + 1
     out = []
     while True:
         end = at

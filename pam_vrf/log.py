@@ -57,6 +57,8 @@ class Logger:
         for _ in range(2):
             if not self._connected:
                 self._connect()
+                if not self._connected:
+                    return      # nothing listens: once per line is enough to notice it is back
             try:
                 self._sock.send(data, _socket.MSG_DONTWAIT)
                 return
@@ -73,7 +75,8 @@ class Logger:
         self._send(f"<{LOG_AUTHPRIV | level}>{stamp} {line}".encode(errors="replace"))
         if self.stderr:
             try:
-                print(line, file=sys.stderr, flush=True)
+                sys.stderr.write(line + "\n")        # one write(2) per line, not two
+                sys.stderr.flush()
             except (OSError, ValueError):
                 pass
 

@@ -283,6 +283,11 @@ class Account:
         self.user, self.error, self.given = user, error, given
         self._gids, self._groups_error, self._entry = gids, groups_error, entry
 
+    @property
+    def uid(self):
+        """The account's uid, None when NSS does not know it (or failed)."""
+        return self._entry.uid if self._entry is not None else None
+
     def _groups(self):
         if self._gids is None:
             if self._entry is None:

@@ -17,6 +17,7 @@ target that dies between our last liveness check and the write could have
 its pid reused in that window (microseconds; see pam-vrf-helper(8)).
 """
 
+import os
 import signal
 from collections import namedtuple
 
@@ -31,16 +32,34 @@ class ProcessError(Exception):
 Process = namedtuple("Process", ["pid", "pidfd", "ruid", "euid"])
 
 
+def read_proc(path):
+    """A /proc file's text (comm and cgroup names are the caller's choice of
+    bytes: never strict UTF-8). No buffered file object: on the login path
+    its fstat, ioctl and lseek cost more than the read."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = [os.read(fd, 65536)]
+        while len(chunks[-1]) == 65536:     # seq_file: a short read is the end
+            chunks.append(os.read(fd, 65536))
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode(errors="surrogateescape")
+
+
+def _field(text, name):
+    """The value of the `name:` line of a /proc status-like text, or None."""
+    for line in text.split("\n"):
+        if line.startswith(name + ":"):
+            return line[len(name) + 1:]
+    return None
+
+
 def pidfd_pid(fd):
     """The pid a pidfd refers to; ProcessError if `fd` is not a pidfd."""
     try:
-        with open(f"/proc/self/fdinfo/{fd}") as f:
-            for line in f:
-                if line.startswith("Pid:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    raise ProcessError("the descriptor sent is not a pidfd")
+        return int(_field(read_proc(f"/proc/self/fdinfo/{fd}"), "Pid").split()[0])
+    except (OSError, ValueError, IndexError, AttributeError):
+        raise ProcessError("the descriptor sent is not a pidfd") from None
 
 
 def alive(pidfd):
@@ -55,18 +74,15 @@ def alive(pidfd):
 
 
 def _uids(pid):
-    # comm (Name:, and in stat) is the caller's choice of bytes: never strict UTF-8.
-    with open(f"/proc/{pid}/status", errors="surrogateescape") as f:
-        for line in f:
-            if line.startswith("Uid:"):
-                fields = line.split()
-                return int(fields[1]), int(fields[2])
-    raise ProcessError(f"no Uid line for pid {pid}")
+    uid = _field(read_proc(f"/proc/{pid}/status"), "Uid")
+    if uid is None:
+        raise ProcessError(f"no Uid line for pid {pid}")
+    fields = uid.split()
+    return int(fields[0]), int(fields[1])
 
 
 def is_kernel_thread(pid):
-    with open(f"/proc/{pid}/stat", errors="surrogateescape") as f:
-        data = f.read()
+    data = read_proc(f"/proc/{pid}/stat")
     fields = data[data.rindex(")") + 2:].split()     # comm may hold spaces and ')'
     return bool(int(fields[6]) & PF_KTHREAD)
 

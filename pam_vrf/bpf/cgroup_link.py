@@ -59,6 +59,13 @@ def query(path, attach_type=CGROUP_INET_SOCK_CREATE):
     return [Attached(i, flags) for i in ids]
 
 
+def query_each(path, attach_types):
+    """query() for several attach types through one open of `path`: lists of
+    program ids, in the order of `attach_types`."""
+    with _cgroup_fd(path) as fd:
+        return [syscall.prog_query(fd, kind)[1] for kind in attach_types]
+
+
 def effective(path, attach_type=CGROUP_INET_SOCK_CREATE):
     """Ids of the programs that run for sockets created in `path`."""
     with _cgroup_fd(path) as fd:

@@ -87,14 +87,19 @@ class Attachments:
                            f"({current.rule.text()}); not replacing it with ({rule.text()})")
         fd, prog_id = self._program(programs.settings_for(rule, ifindex))
         wanted = Entry(vrf, rule, ifindex, source)
-        if current is not None and current._replace(source=source) == wanted \
-                and [a.prog_id for a in cgroup_link.query(path)] == [prog_id]:
-            if current.source != source:    # same program; the latest login's line is named
-                self.entries[path] = wanted
-                self.dirty = True
-            self._inodes.setdefault(path, _inode(path))
-            self._attach_egress(path, wanted)
-            return prog_id          # already in place (another login of the same session cgroup)
+        if current is not None and current._replace(source=source) == wanted:
+            # One look at what the kernel has there, all three programs.
+            guards = self._egress_guards(wanted)
+            found = cgroup_link.query_each(path, [syscall.CGROUP_INET_SOCK_CREATE,
+                                                  *(kind for kind, _, _ in guards)])
+            if found[0] == [prog_id]:
+                if current.source != source:    # same program; the latest login's line is named
+                    self.entries[path] = wanted
+                    self.dirty = True
+                if path not in self._inodes:
+                    self._inodes[path] = _inode(path)
+                self._attach_egress(path, wanted, found[1:])
+                return prog_id          # already in place (another login of the same session cgroup)
         # Egress first: there is no moment when the cgroup binds new sockets
         # but lets their datagrams out by another link.
         self._attach_egress(path, wanted)
@@ -118,17 +123,26 @@ class Attachments:
             return None
         return current
 
-    def _attach_egress(self, path, entry, check=True):
+    def _egress_guards(self, entry):
+        """(kind, fd, program id) of the guards for the entry's VRF devices."""
+        if self.devices is None:
+            return []
+        return self._guards(entry.vrf, self.devices(entry.vrf, entry.rule.plain, entry.ifindex))
+
+    def _attach_egress(self, path, entry, found=None, check=True):
         """The guards for the entry's VRF devices on `path`. check: ask the kernel
         whether they are there (a login: the cgroup may have been removed and made
-        again since); else trust what this helper attached (link events)."""
+        again since), or use `found` (the program ids attached, per guard, that
+        the caller has just asked for); else trust what this helper attached
+        (link events)."""
         if self.devices is None:
             return
         allowed = self.devices(entry.vrf, entry.rule.plain, entry.ifindex)
         guards = self._guards(entry.vrf, allowed)
+        if found is None and check:
+            found = [[a.prog_id for a in cgroup_link.query(path, kind)] for kind, _, _ in guards]
         if self._egress.get(path) == allowed and (not check or all(
-                [a.prog_id for a in cgroup_link.query(path, kind)] == [prog_id]
-                for kind, _, prog_id in guards)):
+                ids == [prog_id] for ids, (_, _, prog_id) in zip(found, guards))):
             return
         for kind, fd, _ in guards:
             cgroup_link.attach(path, fd, kind)

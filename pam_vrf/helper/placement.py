@@ -63,7 +63,7 @@ class Placement:
             self.log.debug(f"{who} left alone ({rule.where if rule else 'no matching rule'})")
             return verdict("alone", rule=rule.where if rule else None)
 
-        uid = _uid_of(user)
+        uid = account.uid
         try:
             current = cgroup.cgroup_of(proc.pid)      # read once for what follows
         except cgroup.CgroupError:

@@ -274,10 +274,11 @@ class Closer:
 
 
 class Client:
-    __slots__ = ("uid", "root", "deadline")
+    __slots__ = ("uid", "root", "deadline", "registered")
 
     def __init__(self, uid, root, deadline):
         self.uid, self.root, self.deadline = uid, root, deadline
+        self.registered = False         # in the selectors (waiting for its request)
 
 
 class Server:
@@ -379,6 +380,9 @@ class Server:
         kind, root = key.data
         if key.fileobj not in self.listeners and kind == "client" and key.fileobj not in self.clients:
             return                  # dropped earlier in this round
+        if kind == "client":
+            self._serve_guarded(key.fileobj)
+            return
         try:
             if kind == "accept":
                 self._accept(key.fileobj, root)
@@ -386,12 +390,15 @@ class Server:
                 self._link_events()
             elif kind == "wakeup":
                 self._drain_wakeup()
-            else:
-                self._serve(key.fileobj)
         except Exception as e:          # never let one event take the helper down
             self.log.err(f"internal error ({kind}): {type(e).__name__}: {e}")
-            if kind == "client":
-                self._drop(key.fileobj)
+
+    def _serve_guarded(self, conn):
+        try:
+            self._serve(conn)
+        except Exception as e:          # never let one request take the helper down
+            self.log.err(f"internal error (client): {type(e).__name__}: {e}")
+            self._drop(conn)
 
     def _drain_wakeup(self):
         try:
@@ -462,7 +469,16 @@ class Server:
                 return
             self._public_open += 1
         conn.setblocking(False)
-        self.clients[conn] = Client(uid, root, time.monotonic() + CLIENT_DEADLINE)
+        client = self.clients[conn] = Client(uid, root, time.monotonic() + CLIENT_DEADLINE)
+        if root:
+            # A PAM entry sends its request right after connect(): it is
+            # usually here already. Serving it now saves a selector round
+            # (a tenth of the helper's time per login); the request still
+            # comes from a non-blocking read, so a slow one waits below.
+            self._serve_guarded(conn)
+            if conn not in self.clients:
+                return
+        client.registered = True
         self.sel.register(conn, selectors.EVENT_READ, ("client", root))
         if root:
             self.root_sel.register(conn, selectors.EVENT_READ, ("client", root))
@@ -575,12 +591,12 @@ class Server:
 
     def _drop(self, conn):
         client = self.clients.pop(conn, None)
-        if client is not None:
+        if client is not None and client.registered:
             self.sel.unregister(conn)
             if client.root:
                 self.root_sel.unregister(conn)
-            if client.uid != 0:
-                self._public_open -= 1
+        if client is not None and client.uid != 0:
+            self._public_open -= 1
         if client is None or client.uid == 0:
             _close(conn)
         elif not _close_if_inert(conn):
