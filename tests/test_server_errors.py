@@ -15,7 +15,8 @@ import pytest
 from pam_vrf import protocol
 from pam_vrf.helper.server import Server
 
-pytestmark = pytest.mark.root      # root.sock serves uid 0 only
+# root.sock serves uid 0 only
+pytestmark = pytest.mark.root
 
 
 class Lines:
