@@ -237,17 +237,33 @@ def sweep_tag(tag, record):
 # -- cgroups --------------------------------------------------------------------
 
 def kernel_state():
-    """The cgroup2 mount as /proc/self/mountinfo shows it, and whether
-    favordynmods is on (a super option; read only, never changed here)."""
+    """The cgroup2 mount as /proc/self/mountinfo shows it, whether
+    favordynmods is on (a super option; read only, never changed here), and
+    whether it was on once since boot (see favordynmods_stuck)."""
+    state = {"mount": None, "mount_options": "", "super_options": "", "favordynmods": None}
     with open("/proc/self/mountinfo") as f:
         for line in f:
             fields = line.split()
             dash = fields.index("-")
             if fields[dash + 1] == "cgroup2":
                 opts = fields[dash + 3].split(",") + fields[5].split(",")
-                return {"mount": fields[4], "mount_options": fields[5], "super_options": fields[dash + 3],
-                        "favordynmods": "favordynmods" in opts}
-    return {"mount": None, "mount_options": "", "super_options": "", "favordynmods": None}
+                state = {"mount": fields[4], "mount_options": fields[5], "super_options": fields[dash + 3],
+                         "favordynmods": "favordynmods" in opts}
+                break
+    state["favordynmods_stuck"] = favordynmods_stuck()
+    return state
+
+
+def favordynmods_stuck():
+    """Linux 6.18 keeps the per-threadgroup rwsem once favordynmods has been
+    on (it says so in the kernel log when the option is turned off): cgroup
+    moves then never wait for an RCU grace period until the next boot, while
+    the mount options no longer show favordynmods. None: no readable log."""
+    try:
+        log = subprocess.run(["dmesg"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return "per threadgroup rwsem mechanism can't be disabled" in log
 
 
 def cpu_v1_mount():

@@ -341,6 +341,11 @@ def kernel_header(ks):
     line = (f"Kernel state: cgroup2 at `{ks['mount']}`, **favordynmods {state}** (from /proc/self/mountinfo: "
             f"mount options `{ks['mount_options']}`, super options `{ks['super_options']}`; the bench never "
             "changes them)")
+    if ks.get("favordynmods_stuck") and not ks["favordynmods"]:
+        line += ("\n\n**WARNING: favordynmods WAS ON SINCE THIS HOST BOOTED** (the kernel log says its "
+                 "per-threadgroup rwsem cannot be disabled): cgroup moves no longer wait for an RCU grace "
+                 "period, as if it were still on, until the next boot. Figures that include a move are "
+                 "lower than on a host where it never was.")
     if ks["favordynmods"]:
         line += ("\n\n**WARNING: favordynmods IS ON ON THIS HOST. Hosts normally run without it: every figure "
                  "that includes a cgroup move (P1, FLOOD, P5 latencies) is lower here than on such a host, "

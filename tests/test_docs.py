@@ -362,7 +362,8 @@ EXTERNAL_CALLS = {"close", "connect", "getaddrinfo", "inet_create", "__cgroup_bp
                   "sendmsg", "setuid", "pam_open_session", "getgrall", "getgrouplist", "open_by_handle_at",
                   "pidfd_open", "bind", "recvmsg", "recv", "write", "getpwnam", "getgrent", "getXXbyYY_r",
                   "dev_valid_name", "int", "perf_buffer_poll", "listen", "stat", "bpf_get_current_pid_tgid",
-                  "bpf_get_current_uid_gid", "bpf_get_current_cgroup_id", "bpf_ktime_get_ns", "isspace", "dlerror"}
+                  "bpf_get_current_uid_gid", "bpf_get_current_cgroup_id", "bpf_ktime_get_ns", "isspace", "dlerror",
+                  "rcu_sync_enter", "exec"}
 
 
 class Names:
