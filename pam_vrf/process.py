@@ -57,6 +57,11 @@ def _field(text, name):
 def pidfd_pid(fd):
     """The pid a pidfd refers to; ProcessError if `fd` is not a pidfd."""
     try:
+        # What it is first: any other descriptor's fdinfo may be huge (an epoll
+        # one lists every watch: 76 MB for a million, seconds of the kernel's
+        # time to format, in the helper's loop, for any user who sends it).
+        if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:[pidfd]":
+            raise ValueError(fd)
         return int(_field(read_proc(f"/proc/self/fdinfo/{fd}"), "Pid").split()[0])
     except (OSError, ValueError, IndexError, AttributeError):
         raise ProcessError("the descriptor sent is not a pidfd") from None

@@ -1,0 +1,92 @@
+"""Adversarial review of the login fast path (commits 06e3515, 212cbd3): an
+unprivileged local user against the real helper.
+
+    fdinfo of anything  every request carries "a pidfd"; the helper reads
+                        /proc/self/fdinfo/FD of what it was sent to find the
+                        pid. An epoll descriptor with a million watches (one
+                        user may hold ~5 million: fs.epoll.max_user_watches)
+                        has a 76 MB fdinfo, which the kernel formats in the
+                        helper's main thread (a seq_file record: the whole of
+                        it, growing its buffer by doubling) and read_proc()
+                        then held in memory four times over (chunks, joined
+                        bytes, text, lines). Measured here before: 2.3-2.7 s
+                        and +230 MB per request (the old line-by-line reader
+                        2.3 s, without the memory), on helper.sock, from any
+                        user; root's logins waited that long each.
+"""
+
+import os
+import subprocess
+import textwrap
+import time
+
+import pytest
+
+from pam_vrf import protocol
+from testlab.run import PY, spawn
+from test_helper import agents, hierarchy, placed_in, root_sock, target, veth  # noqa: F401  (fixtures)
+from test_helper_freeze import limited_helper  # noqa: F401  (fixture)
+from test_freeze_attacks import logins_while
+
+pytestmark = pytest.mark.root
+
+
+# Run as the attacker: argv SOCKET WATCHES ROUNDS. Makes an epoll descriptor
+# with WATCHES watches (1000 eventfds, each registered under many descriptor
+# numbers: a watch is keyed by (file, number) and outlives the number), prints
+# "ready", then sends ROUNDS pings with it as the pidfd, one after the other,
+# printing each one's round trip in seconds.
+EPOLL_PIDFD = textwrap.dedent(r'''
+    import os, resource, select, socket, sys, time
+    path, watches, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    ep = select.epoll()
+    files = [os.eventfd(0) for _ in range(1000)]
+    slot, n = max(files) + 1, 0
+    while n < watches:
+        for f in files[:watches - n]:
+            os.dup2(f, slot)
+            ep.register(slot, select.EPOLLIN)
+            os.close(slot)
+            n += 1
+        slot += 1
+    print("ready", flush=True)
+    for _ in range(rounds):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as c:
+            c.settimeout(60)
+            c.connect(path)
+            start = time.monotonic()
+            c.sendmsg([b'{"v":2,"op":"ping"}'],
+                      [(socket.SOL_SOCKET, socket.SCM_RIGHTS, ep.fileno().to_bytes(4, "little"))])
+            reply = c.recv(65536)
+            print(f"{time.monotonic() - start:.3f} {reply.decode(errors='replace')}", flush=True)
+''')
+
+
+def test_a_huge_fdinfo_sent_as_pidfd_does_not_hold_the_helper(limited_helper, vrf_conf, syslog, target,
+                                                               sandbox_cgroup, agents, throwaway_user):
+    """A user sends, as the pidfd of its pings, an epoll descriptor with a
+    million watches. Before: each ping held the helper's loop 2.3-2.7 s here
+    (the kernel formatting a 76 MB fdinfo, read_proc keeping all of it), and
+    root's logins waited behind it. Now the helper looks at what the
+    descriptor is (/proc/self/fd) before it reads any fdinfo: the ping is
+    refused at once, root's logins are fast and placed."""
+    ns, dev, _ = target
+    user, bad = throwaway_user(), throwaway_user()
+    helper = limited_helper(vrf_conf(f"{user.pw_name}  {dev}  plain\n"), "20000:20000", netns=ns, syslog=syslog)
+    evil = spawn([PY, "-c", EPOLL_PIDFD, helper.socket, "1000000", "12"], netns=ns, user=bad, cwd="/",
+                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = evil.stdout.readline().strip()
+    if line != "ready":
+        evil.kill()
+        raise AssertionError(f"the attacker did not start: {line!r} {evil.communicate()[1]}")
+    time.sleep(0.5)             # its pings are under way
+    logins_while(evil, agents, ns, sandbox_cgroup, helper, user, dev)     # kills evil
+    answers = [a.split(" ", 1) for a in evil.stdout.read().splitlines()]
+    assert answers, evil.stderr.read()
+    for took, reply in answers:
+        assert '"ok":true' in reply, reply      # ping: answered whoever sent it
+    slowest = max(float(took) for took, _ in answers)
+    # protocol.TIMEOUT: what a user's request may take, the product's own clients' patience.
+    assert slowest < protocol.TIMEOUT, f"a ping with an epoll 'pidfd' took {slowest:.1f} s of the helper's loop"
