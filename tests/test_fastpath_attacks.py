@@ -23,7 +23,7 @@ import time
 import pytest
 
 from pam_vrf import protocol
-from testlab.run import PY, spawn
+from testlab.run import PY, spawn, uid_tag
 from test_helper import agents, hierarchy, placed_in, root_sock, target, veth  # noqa: F401  (fixtures)
 from test_helper_freeze import limited_helper  # noqa: F401  (fixture)
 from test_freeze_attacks import logins_while
@@ -90,3 +90,56 @@ def test_a_huge_fdinfo_sent_as_pidfd_does_not_hold_the_helper(limited_helper, vr
     slowest = max(float(took) for took, _ in answers)
     # protocol.TIMEOUT: what a user's request may take, the product's own clients' patience.
     assert slowest < protocol.TIMEOUT, f"a ping with an epoll 'pidfd' took {slowest:.1f} s of the helper's loop"
+
+
+
+@pytest.fixture
+def named_v1_hierarchy():
+    """A cgroup v1 hierarchy of no controller (name=pvtTAG), mounted here:
+    what systemd's name=systemd is on a hybrid host (its user@UID.service
+    subtree delegated to the user, who mkdirs there) and what a user
+    namespace may mount. Unmounted (and so destroyed) afterwards."""
+    mount = f"/run/pvt-v1-{uid_tag()}"
+    os.mkdir(mount)
+    subprocess.run(["mount", "-t", "cgroup", "-o", f"none,name=pvt{uid_tag()}", "cgroup", mount], check=True)
+    yield mount
+    for top, _, _ in sorted(os.walk(mount), key=lambda w: -w[0].count("/")):
+        if top != mount:
+            with open(os.path.join(top, "cgroup.procs")) as f:
+                left = f.read().split()
+            for pid in left:            # still running: out of the way (its root)
+                with open(os.path.join(mount, "cgroup.procs"), "w") as f:
+                    f.write(pid)
+            os.rmdir(top)
+    subprocess.run(["umount", mount], check=True)
+    os.rmdir(mount)
+
+
+def test_a_cr_in_a_cgroup_name_forges_no_cgroup(named_v1_hierarchy, limited_helper, vrf_conf, syslog, target,
+                                                sandbox_cgroup, agents, throwaway_user):
+    """cgroup names are the choice of whoever may mkdir there; the kernel
+    refuses only '\\n' in them, and /proc/PID/cgroup lists v1 hierarchies
+    before the '0::' line. A process in the v1 cgroup 'x\\r0::/<victim's v2
+    path>' has the line '10:name=...:/x\\r0::/<victim path>'. cgroup_of()
+    read a text-mode file, which splits on '\\r' too: it took the forged
+    line for the v2 path, so the login was placed below the victim's cgroup
+    (and one whose forged path looked placed would have been 'kept', a
+    strict rule not applied). Since 06e3515 it splits on '\\n' alone: placed
+    below the cgroup it is in. (Played as root here: an unprivileged user
+    namespace may not mount a v1 hierarchy in this sandbox.)"""
+    ns, dev, _ = target
+    user = throwaway_user()
+    helper = limited_helper(vrf_conf(f"{user.pw_name}  {dev}  plain\n"), "20000:20000", netns=ns, syslog=syslog)
+    victim = os.path.join(sandbox_cgroup, "victim")
+    os.mkdir(victim)
+    forged = os.path.join(named_v1_hierarchy, "x\r0::", *hierarchy(victim).strip("/").split("/"))
+    os.makedirs(forged)
+    os.mkdir(os.path.join(sandbox_cgroup, "agent"))
+    agent = agents(netns=ns, cgroup_dir=os.path.join(sandbox_cgroup, "agent"))
+    with open(os.path.join(forged, "cgroup.procs"), "w") as f:
+        f.write(str(agent.pid))
+    result = agent("client", socket=root_sock(helper), msg={"op": "open", "user": user.pw_name},
+                   timeout=protocol.LOGIN_TIMEOUT)
+    where = f"{hierarchy(sandbox_cgroup)}/agent/{ns}-ns/vrf/{dev}"
+    assert not placed_in(result["reply"], dev, where), (result, helper.output()[-2000:])
+    assert f"{ns}-ns" not in os.listdir(victim)
