@@ -16,8 +16,10 @@ unprivileged local user against the real helper.
 """
 
 import os
+import socket
 import subprocess
 import textwrap
+import threading
 import time
 
 import pytest
@@ -143,3 +145,39 @@ def test_a_cr_in_a_cgroup_name_forges_no_cgroup(named_v1_hierarchy, limited_help
     where = f"{hierarchy(sandbox_cgroup)}/agent/{ns}-ns/vrf/{dev}"
     assert not placed_in(result["reply"], dev, where), (result, helper.output()[-2000:])
     assert f"{ns}-ns" not in os.listdir(victim)
+
+
+def _ping(path, pidfd, after=0.0):
+    """A ping on root.sock sent `after` seconds after connect(): (seconds from connect, reply)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+        s.settimeout(10)
+        s.connect(path)
+        start = time.monotonic()
+        time.sleep(after)
+        s.sendmsg([protocol.encode({"v": protocol.VERSION, "op": "ping"})],
+                  [(socket.SOL_SOCKET, socket.SCM_RIGHTS, pidfd.to_bytes(4, "little"))])
+        return time.monotonic() - start, protocol.decode(s.recv(protocol.MAX_MESSAGE + 1))
+
+
+def test_a_silent_root_connection_is_not_served_at_accept_by_waiting(limited_helper, vrf_conf, syslog, netns):
+    """Root's request is served at accept() when it is already there (the
+    change): a root client that connects and sends later (su stopped by its
+    invoker between connect and send, or just slow) must not hold the loop
+    there, and its request, sent 0.8 s later (the client deadline is 1 s), is
+    still served. A second root
+    connection made meanwhile is answered at once."""
+    helper = limited_helper(vrf_conf("# nothing\n"), "20000:20000", netns=netns(), syslog=syslog)
+    path = root_sock(helper)
+    pidfd = os.pidfd_open(os.getpid())
+    try:
+        silent = []
+        late = threading.Thread(target=lambda: silent.append(_ping(path, pidfd, 0.8)))
+        late.start()
+        time.sleep(0.1)                         # the silent one is accepted first
+        took, reply = _ping(path, pidfd)
+        late.join(15)
+    finally:
+        os.close(pidfd)
+    assert reply.get("ok") is True and took < 0.5, (took, reply)     # not behind the silent one's 0.7 s
+    assert silent and silent[0][1].get("ok") is True, (silent, helper.output()[-2000:])
+    assert helper.alive(), helper.output()[-2000:]
