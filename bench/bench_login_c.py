@@ -47,9 +47,9 @@ VARIANTS = {
 }
 
 
-def start_answerer(run):
+def start_answerer(run, tag=""):
     """bench/answer_at_once.py in a directory of its own; its socket= path."""
-    where = os.path.join(run.dir, "answerer")
+    where = os.path.join(run.dir, "answerer" + tag)
     os.mkdir(where)
     proc = subprocess.Popen([sys.executable, os.path.join(HERE, "answer_at_once.py"), where],
                             stdout=subprocess.PIPE, text=True)
@@ -59,29 +59,30 @@ def start_answerer(run):
     return os.path.join(where, "helper.sock")
 
 
-def build_mover(run):
-    out = os.path.join(run.dir, "pam_mover.so")
+def build_mover(run, tag=""):
+    out = os.path.join(run.dir, f"pam_mover{tag}.so")
     sh("gcc", "-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Werror", "-o", out,
        os.path.join(HERE, "pam_mover.c"))
     return out
 
 
-def bench(lab, rounds=60, gap=0.0, profile=False):
+def bench(lab, rounds=60, gap=0.0, profile=False, tag=""):
+    """`tag` tells apart the names of two runs in one lab (bench/run.py runs both regimes)."""
     run = lab.run
-    user = add_user(run, "c")
+    user = add_user(run, "c" + tag)
     tgt = lab.target
     # The user's name rule comes before @group rules: the helper never asks for its groups.
-    config = lab.write("p1c-vrf.conf", "".join(f"{line}\n" for line in (
+    config = lab.write(f"p1c{tag}-vrf.conf", "".join(f"{line}\n" for line in (
         "# bench P1-C", "root  -", f"{user.pw_name}  {tgt}  plain", "@sudo  default", "@adm  -", "*  -")))
-    helper = Helper(lab, config, suffix="hc", profile=profile).start()
+    helper = Helper(lab, config, suffix="hc" + tag, profile=profile).start()
     placing = "session [success=ok session_err=bad default=ignore] {} " + f"config={config} socket={helper.socket}"
-    services = {name: lab.pam_service("c" + name.lower(), session) for name, session in (
+    services = {name: lab.pam_service(f"c{tag}{name.lower()}", session) for name, session in (
         ("C", placing.format("pam_vrf.so")),
-        ("K", f"session required {build_mover(run)} {lab.cgroup('p1cfixed')}"),
+        ("K", f"session required {build_mover(run, tag)} {lab.cgroup('p1cfixed' + tag)}"),
         ("P", None),
-        ("E", "session required pam_vrf.so socket=" + start_answerer(run)),
+        ("E", "session required pam_vrf.so socket=" + start_answerer(run, tag)),
         ("H", placing.format(f"pam_python.so {HOOK}")))}
-    launcher = Launcher(lab, lab.cgroup("p1c"))
+    launcher = Launcher(lab, lab.cgroup("p1c" + tag))
     say(f"P1-C: pamtester, {rounds} shuffled rounds of {' '.join(VARIANTS)} ({gap * 1000:.0f} ms before each)")
     mark = helper.mark()
     for name in list(VARIANTS) * 2:                 # warm-up

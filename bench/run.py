@@ -4,7 +4,7 @@ figures and writes the same to bench/results.md, with the date, the
 machine and the kernel's cgroup state. Run as root with Debian's
 /usr/bin/python3.
 
-    bench/run.py [--quick] [--only P1,P3,P4,FLOOD,FREEZE,P5] [--no-install] [--syslog-sink]
+    bench/run.py [--quick] [--only P1,P1C,P3,P4,FLOOD,FREEZE,P5] [--no-install] [--syslog-sink]
 
 Comparisons are ratios measured side by side in one run, in interleaved
 rounds (every round runs each variant once, in a shuffled order),
@@ -33,6 +33,7 @@ from bench_common import median, percentile, say, sh  # noqa: E402
 
 GOALS = {
     "P1": 1.10,          # login with the pam_python entry placing / trivial module moving itself
+    "P1C": 1.20,         # login with pam_vrf.so placing / a C module moving itself, back to back
     "P3": 1.05,          # socket() in a placed process / unplaced
     "P4": 2.0,           # ms of helper-side decision per open
     "P5relink": 1.0,     # s until every session cgroup carries the new ifindex
@@ -89,6 +90,25 @@ def fmt_ms(values):
 def _ci(r):
     lo, hi = r["ci"]
     return f"95% CI {lo:.3f}–{hi:.3f}"
+
+
+def p1c_rows(t, runs, details):
+    """bench_login_c: back to back (the goal's regime), and after a quiet spell."""
+    for r in runs:
+        quiet = f"{r['gap'] * 1000:.0f} ms of quiet before each login" if r["gap"] else "back to back"
+        ms = ", ".join(f"{k} {v:.2f}" for k, v in r["ms"].items())
+        t.add("P1C", f"login (pamtester open+close), {quiet}: pam_vrf.so placing / a C module moving itself "
+              "into a fixed cgroup (bench_login_c)", GOALS["P1C"] if not r["gap"] else None,
+              r["C/K"]["median"], "x", fmt="{:.3f}",
+              note=f"{_ci(r['C/K'])}; medians (ms) {ms}; the helper's own work (C-K)-(E-P) "
+                   f"{r['helper_work_ms']:.2f} ms, any helper process (E-P) {r['E/P']['diff_ms']:.2f} ms; "
+                   f"{r['rounds']} rounds")
+    details.append("\n### P1C (bench_login_c)\n")
+    for r in runs:
+        details.append(f"- gap {r['gap']} s: " + ", ".join(
+            f"{k} {r[k]['median']:.3f}x ({_ci(r[k])}, {r[k]['diff_ms']:+.2f} ms)"
+            for k in ("C/K", "C/P", "K/P", "E/P", "H/K")) + f"; helper CPU per placing open "
+            f"{r['helper_cpu_ms_per_open']:.3f} ms; placed {r['placed_lines']} of {r['placing_runs']}")
 
 
 def p1_rows(t, r, details):
@@ -357,7 +377,7 @@ def kernel_header(ks):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer samples, 300 sessions (a smoke run, figures are noisy)")
-    ap.add_argument("--only", default="P1,P3,P4,FLOOD,FREEZE,P5")
+    ap.add_argument("--only", default="P1,P1C,P3,P4,FLOOD,FREEZE,P5")
     ap.add_argument("--no-install", action="store_true", help="do not run `make install` first")
     ap.add_argument("--syslog-sink", action="store_true",
                     help="where there is no /dev/log, listen there during the run so syslog datagrams "
@@ -421,6 +441,12 @@ def main():
             r = bench_login.bench(lab, rounds=8 if q else 80, timed_runs=5 if q else 30)
             p1_rows(table, r, details)
 
+        def p1c():
+            import bench_login_c
+            runs = [bench_login_c.bench(lab, rounds=8 if q else 60, gap=gap, tag=str(i))
+                    for i, gap in enumerate((0.0, 0.05))]
+            p1c_rows(table, runs, details)
+
         def p3():
             import bench_socket
             r = bench_socket.bench(lab, py_iters=20_000 if q else 30_000, c_iters=20_000 if q else 30_000,
@@ -454,6 +480,7 @@ def main():
             p5_rows(table, r, prof, details)
 
         stage("P1", p1)
+        stage("P1C", p1c)
         table.rows.append(("P2", "login vs `ip vrf exec` in a pam_exec shell script (needs a real VRF)",
                            "-", "-", "measured in the VM suite (make test-vm)", ""))
         stage("P3", p3)
