@@ -16,7 +16,7 @@ def pam_sm_open_session(pamh, flags, argv):
     try:
         from pam_vrf import session
         env = {}
-        verdict = session.hook(pamh.user, pamh.service, argv[1:], env, pamh.ruser)
+        verdict = session.hook(pamh.user, pamh.service, argv[1:], env)
         for key, value in env.items():
             pamh.env[key] = value
         return pamh.PAM_SUCCESS if verdict == session.PROCEED else pamh.PAM_SESSION_ERR

@@ -1,7 +1,7 @@
 """The login path of the pam_python entry: ask the helper, map its verdict.
 
-    hook(user, service, args, env, ruser)
-      1. send {user, service, ruser} to the helper's root.sock; the helper decides
+    hook(user, service, args, env)
+      1. send {user, service} to the helper's root.sock; the helper decides
          from vrf.conf and places this process, the PAM caller
       2. placed / kept / alone / unplaced: the session proceeds; refused: it fails
       3. the helper not running, or no usable answer within LOGIN_TIMEOUT:
@@ -51,10 +51,9 @@ def parse_options(args, unknown=None, relative=None):
     return Options(**found)
 
 
-def hook(user, service, args, env=None, ruser=None):
+def hook(user, service, args, env=None):
     """What the pam_python entry calls: module arguments in, verdict out.
-    `env` (a dict) receives PAM_VRF when the session is in a VRF; `ruser` is
-    PAM_RUSER (sudo and su set it to the invoking user)."""
+    `env` (a dict) receives PAM_VRF when the session is in a VRF."""
     unknown, relative = [], []
     options = parse_options(args, unknown, relative)
     log = Logger("pam_vrf", options.debug)
@@ -62,18 +61,16 @@ def hook(user, service, args, env=None, ruser=None):
         log.warning(f"ignoring unknown module argument '{arg}'")
     for arg in relative:
         log.err(f"ignoring '{arg}': not an absolute path")
-    return open_session(user, service, options, log, env, ruser)
+    return open_session(user, service, options, log, env)
 
 
-def open_session(user, service, options, log, env=None, ruser=None):
+def open_session(user, service, options, log, env=None):
     """PROCEED or REFUSE. Never raises."""
     try:
         from pam_vrf import client
         message = {"op": "open", "user": user or ""}
         if service:
             message["service"] = service
-        if ruser:
-            message["ruser"] = ruser
         try:
             answer = client.request(message, protocol.root_socket(options.socket), protocol.LOGIN_TIMEOUT)
         except client.HelperError as e:

@@ -996,8 +996,7 @@ def test_the_entries_send_user_and_service_not_what_the_helper_ignores(decider, 
                                                                          raw_server, entry):
     """The helper decides from user and service alone (requests.Handler.open):
     PAM_TTY, PAM_RHOST and PAM_RUSER (never trusted: a root daemon may take it
-    from the network) are not sent by the C module. The pam_python entry
-    (pam_vrf.session) still sends ruser, which the helper ignores."""
+    from the network) are sent by neither entry."""
     server = raw_server(b'{"v":2,"ok":true,"verdict":"alone"}')
     name = f"pvt-ru{uid_tag()}"
     line = (f"{module}" if entry == "pam_vrf.so" else "pam_python.so /usr/lib/pam-vrf/pam_vrf.py")
@@ -1011,5 +1010,4 @@ def test_the_entries_send_user_and_service_not_what_the_helper_ignores(decider, 
         os.unlink(f"/etc/pam.d/{name}")
     requests = [json.loads(r) for r in server.requests]
     assert len(requests) == 2 and all(r["user"] == "alice" and r["service"] == name for r in requests), requests
-    if entry == "pam_vrf.so":
-        assert requests == [{"v": 2, "op": "open", "user": "alice", "service": name}] * 2, requests
+    assert requests == [{"v": 2, "op": "open", "user": "alice", "service": name}] * 2, requests

@@ -44,7 +44,7 @@ class Placement:
 
     # -- logins --------------------------------------------------------------
 
-    def open_session(self, proc, user, service, ruser=None):
+    def open_session(self, proc, user, service):
         """Decide and place a login's PAM caller; returns the reply (a verdict)."""
         who = f"user {user} (service {service or '-'})"
         if service == policy.MANAGER_SERVICE:
@@ -68,7 +68,7 @@ class Placement:
             current = cgroup.cgroup_of(proc.pid)      # read once for what follows
         except cgroup.CgroupError:
             current = None                          # each step below reads again and says why
-        kept, by = self._confined_self_session(proc, uid, ruser, current)
+        kept, by = self._confined_self_session(proc, uid, current)
         if kept is not None:
             self.log.notice(f"{who}: pid {proc.pid}, a session {by} for its own account, keeps its "
                             f"placement ({kept}); rule {rule.where} not applied")
@@ -99,7 +99,7 @@ class Placement:
         self.log.info(placed + (f"; systemd user manager {manager} bound too" if manager else ""))
         return verdict("placed", vrf=rule.target, rule=rule.where, cgroup=where)
 
-    def _confined_self_session(self, proc, uid, ruser=None, current=None):
+    def _confined_self_session(self, proc, uid, current=None):
         """A non-root invoker opening a session for their own account (su to
         oneself, sudo -u self) must not loosen where they already are: the
         cgroup they are in, when a sock-create program already covers it.

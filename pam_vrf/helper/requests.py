@@ -60,10 +60,9 @@ class Handler:
             raise Refused("open is for the PAM entries, on root.sock, as root")
         user = _text(request, "user")
         service = _text(request, "service", optional=True)
-        for key in ("tty", "rhost"):
+        for key in ("tty", "rhost", "ruser"):      # earlier entries sent them: checked, not used
             _text(request, key, optional=True)
-        ruser = _text(request, "ruser", optional=True)      # the invoker, as su/sudo set it
-        return self.placement.open_session(_pinned(peer), user, service or None, ruser)
+        return self.placement.open_session(_pinned(peer), user, service or None)
 
     def place(self, request, peer):
         vrf = request.get("vrf")
