@@ -35,6 +35,9 @@ from pam_vrf import cgroup, programs
 from pam_vrf.policy import Program
 from pam_vrf.bpf import cgroup_link, egressprog, joinprog, syscall
 
+# The guards beside the sock-create program, in the order they are attached.
+GUARD_KINDS = (syscall.CGROUP_INET_EGRESS, syscall.CGROUP_SETSOCKOPT)
+
 
 class Entry(NamedTuple):
     vrf: str
@@ -89,16 +92,15 @@ class Attachments:
         wanted = Entry(vrf, rule, ifindex, source)
         if current is not None and current._replace(source=source) == wanted:
             # One look at what the kernel has there, all three programs.
-            guards = self._egress_guards(wanted)
-            found = cgroup_link.query_each(path, [syscall.CGROUP_INET_SOCK_CREATE,
-                                                  *(kind for kind, _, _ in guards)])
-            if found[0] == [prog_id]:
+            kinds = (syscall.CGROUP_INET_SOCK_CREATE, *(GUARD_KINDS if self.devices is not None else ()))
+            found = dict(zip(kinds, cgroup_link.query_each(path, kinds)))
+            if found[syscall.CGROUP_INET_SOCK_CREATE] == [prog_id]:
                 if current.source != source:    # same program; the latest login's line is named
                     self.entries[path] = wanted
                     self.dirty = True
                 if path not in self._inodes:
                     self._inodes[path] = _inode(path)
-                self._attach_egress(path, wanted, found[1:])
+                self._attach_egress(path, wanted, found)
                 return prog_id          # already in place (another login of the same session cgroup)
         # Egress first: there is no moment when the cgroup binds new sockets
         # but lets their datagrams out by another link.
@@ -123,26 +125,18 @@ class Attachments:
             return None
         return current
 
-    def _egress_guards(self, entry):
-        """(kind, fd, program id) of the guards for the entry's VRF devices."""
-        if self.devices is None:
-            return []
-        return self._guards(entry.vrf, self.devices(entry.vrf, entry.rule.plain, entry.ifindex))
-
     def _attach_egress(self, path, entry, found=None, check=True):
         """The guards for the entry's VRF devices on `path`. check: ask the kernel
         whether they are there (a login: the cgroup may have been removed and made
-        again since), or use `found` (the program ids attached, per guard, that
-        the caller has just asked for); else trust what this helper attached
-        (link events)."""
+        again since), unless `found` ({attach type: program ids}) is its answer
+        the caller has just had; else trust what this helper attached (link events)."""
         if self.devices is None:
             return
         allowed = self.devices(entry.vrf, entry.rule.plain, entry.ifindex)
         guards = self._guards(entry.vrf, allowed)
-        if found is None and check:
-            found = [[a.prog_id for a in cgroup_link.query(path, kind)] for kind, _, _ in guards]
         if self._egress.get(path) == allowed and (not check or all(
-                ids == [prog_id] for ids, (_, _, prog_id) in zip(found, guards))):
+                (found[kind] if found else [a.prog_id for a in cgroup_link.query(path, kind)]) == [prog_id]
+                for kind, _, prog_id in guards)):
             return
         for kind, fd, _ in guards:
             cgroup_link.attach(path, fd, kind)
@@ -177,8 +171,9 @@ class Attachments:
         if key not in self._egress_fds:
             if vrf not in self._counters:
                 self._counters[vrf] = egressprog.new_counter()
-            loaders = ((syscall.CGROUP_INET_EGRESS, lambda: egressprog.load(allowed, self._counters[vrf])),
-                       (syscall.CGROUP_SETSOCKOPT, lambda: joinprog.load(allowed)))
+            load = {syscall.CGROUP_INET_EGRESS: lambda: egressprog.load(allowed, self._counters[vrf]),
+                    syscall.CGROUP_SETSOCKOPT: lambda: joinprog.load(allowed)}
+            loaders = [(kind, load[kind]) for kind in GUARD_KINDS]
             guards = []
             try:
                 for kind, load in loaders:
