@@ -10,7 +10,7 @@ sandbox cgroup: every placing login is one move):
   K  a C module that moves its own process into a fixed cgroup
      (bench/pam_mover.c): the kernel's work of a placement, nothing else
   P  a pam_permit.so-only stack
-  E  pam_vrf.so against a server that answers at once (bench/answer_at_once.py):
+  E  pam_vrf.so against a server that answers at once (testlab/progs/answer_at_once.py):
      what any helper process costs (connection, pidfd, two wake-ups); E - P
      is that floor, (C - K) - (E - P) the helper's own work
   H  the pam_python entry placing through the same helper (beside them)
@@ -37,6 +37,7 @@ sys.path.insert(0, HERE)
 import bench_common as common  # noqa: E402
 from bench_common import HOOK, Helper, add_user, bootstrap_ci, median, say, sh, shuffled_rounds  # noqa: E402
 from bench_login import Launcher  # noqa: E402
+from testlab import progs  # noqa: E402,I100  (bench_common puts the repository on sys.path)
 
 VARIANTS = {
     "C": "pam_vrf.so, placing",
@@ -48,14 +49,14 @@ VARIANTS = {
 
 
 def start_answerer(run, tag=""):
-    """bench/answer_at_once.py in a directory of its own; its socket= path."""
+    """testlab/progs/answer_at_once.py in a directory of its own; its socket= path."""
     where = os.path.join(run.dir, "answerer" + tag)
     os.mkdir(where)
-    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "answer_at_once.py"), where],
+    proc = subprocess.Popen([sys.executable, "-c", progs.source("answer_at_once"), where],
                             stdout=subprocess.PIPE, text=True)
     run.defer(lambda: (proc.kill(), proc.wait()))
     if proc.stdout.readline().strip() != "ready":
-        raise RuntimeError("bench/answer_at_once.py did not start")
+        raise RuntimeError("testlab/progs/answer_at_once.py did not start")
     return os.path.join(where, "helper.sock")
 
 

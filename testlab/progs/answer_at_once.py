@@ -1,9 +1,10 @@
-"""bench P1-C's variant E: a server at DIR/root.sock that answers every
-request at once with `alone` (no decision, no move). pam_vrf.so against it
-costs what any helper process would: the connection, the pidfd, two
-wake-ups across CPUs. One process, one thread, blocking calls: the floor.
+"""Run by bench/bench_login_c.py (P1-C's variant E), as root: a server at
+DIR/root.sock that answers every request at once with `alone` (no decision,
+no move). pam_vrf.so against it costs what any helper process would: the
+connection, the pidfd, two wake-ups across CPUs. One process, one thread,
+blocking calls: the floor.
 
-    python3 bench/answer_at_once.py DIR      (prints "ready", serves until killed)
+    python3 -m testlab.progs.answer_at_once DIR      (prints "ready", serves until killed)
 """
 
 import os
