@@ -404,6 +404,34 @@ def test_open_is_root_only(helper_factory, vrf_conf, syslog, target, sandbox_cgr
     assert_serving(helper)
 
 
+@pytest.mark.parametrize("kind", ["sock-create", "egress", "setsockopt"])
+def test_a_program_detached_behind_the_helpers_back_is_attached_again_at_the_next_login(
+        helper_factory, vrf_conf, syslog, target, sandbox_cgroup, agents, throwaway_user, kind):
+    """Someone with CAP_NET_ADMIN detaches one of a placed cgroup's three
+    programs while a session is in it: the next login into that cgroup (the
+    helper remembers it, its inode unchanged) asks the kernel and attaches
+    it again, whichever of the three it was."""
+    from pam_vrf.bpf import syscall
+    attach_type = {"sock-create": syscall.CGROUP_INET_SOCK_CREATE, "egress": syscall.CGROUP_INET_EGRESS,
+                   "setsockopt": syscall.CGROUP_SETSOCKOPT}[kind]
+    ns, dev, _ = target
+    user = throwaway_user()
+    helper = helper_factory(vrf_conf(f"*  {dev}  plain\n"), netns=ns, syslog=syslog)
+    where = f"{hierarchy(sandbox_cgroup)}/{ns}-ns/vrf/{dev}"
+    request = {"op": "open", "user": user.pw_name, "service": "sshd"}
+    first = agents(netns=ns, cgroup_dir=sandbox_cgroup)
+    assert placed_in(first("client", socket=root_sock(helper), msg=request)["reply"], dev, where) is None
+    path = cgroup.fs_path(where)
+    before = {t: cgroup_link.query(path, t) for t in (syscall.CGROUP_INET_SOCK_CREATE, syscall.CGROUP_INET_EGRESS,
+                                                     syscall.CGROUP_SETSOCKOPT)}
+    assert all(len(ids) == 1 for ids in before.values()), before
+    assert cgroup_link.detach(path, attach_type)
+    second = agents(netns=ns, cgroup_dir=sandbox_cgroup)
+    assert placed_in(second("client", socket=root_sock(helper), msg=request)["reply"], dev, where) is None
+    assert {t: cgroup_link.query(path, t) for t in before} == before
+    assert_serving(helper)
+
+
 def test_exec_permissions_of_non_root_users(helper_factory, vrf_conf, syslog, target, sandbox_cgroup,
                                             agents, throwaway_user):
     ns, dev, index = target
